@@ -1,0 +1,207 @@
+"""``LongLlama``: a ``llama_cpp.Llama`` that runs past the model's trained context with SelfExtend."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ._native import load_llama_cpp
+from .errors import ModelFileError, SelfExtendConfigError, UnsupportedModelError
+from .gguf_info import read_model_info
+from .params import SelfExtendParams, choose_parameters
+from .shift import ShiftSchedule
+
+llama_cpp = load_llama_cpp()
+
+#: the mode used when the caller names none
+DEFAULT_MODE = "shift"
+
+
+class LongLlama(llama_cpp.Llama):
+    """A drop-in :class:`llama_cpp.Llama` with SelfExtend (arXiv 2401.01325) switched on.
+
+    Args:
+        model_path: Path to a GGUF model.
+        group_size: ``G``, how many distant positions share one (``j // G``).
+            Chosen from ``n_ctx`` and the model's trained length when omitted.
+        window: ``W``, how many nearest keys keep their exact positions.
+            Chosen automatically when omitted; must be below the trained length.
+        mode: ``"shift"`` (grouped-position KV shifting, as llama.cpp's
+            ``--grp-attn-n`` tools do it) or ``"exact"`` (the paper's per-query
+            bi-level attention inside the llama.cpp graph).
+        **kwargs: Everything :class:`llama_cpp.Llama` accepts (``n_ctx``,
+            ``n_batch``, ``n_gpu_layers``, ``chat_format``, ...).
+
+    The chosen setting is available as :attr:`self_extend`.
+
+    Raises:
+        ModelNotFoundError, ModelFileError: the file is missing, not GGUF, or damaged.
+        UnsupportedModelError: the model has no RoPE attention, or recurrent memory.
+        SelfExtendConfigError: ``group_size``/``window``/``mode``/``n_ctx`` cannot work for the model.
+    """
+
+    def __init__(
+        self,
+        model_path: Union[str, os.PathLike],
+        *,
+        group_size: Optional[int] = None,
+        window: Optional[int] = None,
+        mode: str = DEFAULT_MODE,
+        **kwargs: Any,
+    ):
+        info = read_model_info(model_path)
+        n_ctx = kwargs.get("n_ctx", 512)
+        if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx == 0:
+            n_ctx = info.n_ctx_train  # llama.cpp's meaning of 0
+        params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode=mode)
+        self.self_extend: SelfExtendParams = params
+        self._shift: Optional[ShiftSchedule] = None
+        self._n_cached = 0
+        super().__init__(model_path=str(model_path), **kwargs)
+        try:
+            self._check_model()
+            self._enable(params)
+        except Exception:
+            self.close()
+            raise
+
+    def _check_model(self) -> None:
+        model = self._model.model
+        arch = self.metadata.get("general.architecture", "this model")
+        if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
+            raise UnsupportedModelError(
+                f"{arch} is a recurrent or hybrid model: its memory has no positions to regroup, so "
+                "SelfExtend does not apply. Use llama_cpp.Llama for it.")
+        if llama_cpp.llama_model_rope_type(model) == llama_cpp.LLAMA_ROPE_TYPE_NONE:
+            raise UnsupportedModelError(
+                f"{arch} does not use RoPE in its attention, and SelfExtend remaps RoPE positions. "
+                "Use llama_cpp.Llama for it (or a RoPE model such as Llama, Qwen, Mistral, Gemma).")
+
+    def _enable(self, params: SelfExtendParams) -> None:
+        if not params.enabled:
+            return
+        if params.mode == "shift":
+            if not llama_cpp.llama_memory_can_shift(self._ctx.memory):
+                raise UnsupportedModelError(
+                    "this model's KV cache cannot shift positions (llama_memory_can_shift is false), "
+                    "which shift mode needs. Use mode='exact'.")
+            self._shift = ShiftSchedule(params.group_size, params.window)
+        else:
+            from . import _api
+
+            _api.set_self_extend(self._ctx.ctx, params)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` after the first ``self.n_tokens`` ones, as :meth:`llama_cpp.Llama.eval`.
+
+        In shift mode each full block of ``window`` cached tokens has its
+        positions divided by ``group_size`` before the next token is evaluated.
+        """
+        if self._shift is None:
+            super().eval(tokens)
+            self._n_cached = self.n_tokens
+            return
+        schedule = self._shift
+        start = schedule.truncation(self.n_tokens, self._n_cached)
+        tokens = [*self.input_ids[start : self.n_tokens].tolist(), *tokens]
+        self.n_tokens = start
+        # positions, not token indices, address the cache: drop everything from the first one re-evaluated
+        self._ctx.kv_cache_seq_rm(-1, schedule.position(start, self._n_cached), -1)
+        self._n_cached = start
+        done = 0
+        while done < len(tokens):
+            n_past = self.n_tokens
+            end = schedule.chunk_end(n_past, n_past + len(tokens) - done, self.n_batch)
+            batch = tokens[done : done + end - n_past]
+            self._decode(batch, n_past, schedule.position(n_past, n_past))
+            done += len(batch)
+            self.n_tokens = self._n_cached = end
+            if end % schedule.window == 0:
+                self._compress_block(end // schedule.window - 1)
+
+    def _decode(self, batch: List[int], n_past: int, pos: int) -> None:
+        """Decode ``batch`` (tokens ``n_past..``) at cache positions ``pos..`` and record it like Llama.eval."""
+        self._batch.set_batch(batch=batch, n_past=pos, logits_all=self._logits_all)
+        self._ctx.decode(self._batch)
+        n = len(batch)
+        self.input_ids[n_past : n_past + n] = batch
+        if self._logits_all:
+            logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n * self._n_vocab,))
+            self.scores[n_past : n_past + n, :].reshape(-1)[::] = logits
+        self._requires_eval = False
+
+    def _compress_block(self, block: int) -> None:
+        """Divide the positions of full block ``block`` (the newest, uncompressed one) by ``G``."""
+        g, w = self._shift.group_size, self._shift.window
+        first = block * w  # token index of the block's first token
+        mem = self._ctx.memory
+        # back to its token indices, then divided: tokens t in the block end at t // G
+        llama_cpp.llama_memory_seq_add(mem, 0, first // g, first // g + w, first - first // g)
+        llama_cpp.llama_memory_seq_div(mem, 0, first, first + w, g)
+
+    def close(self) -> None:
+        """Free the model and context (safe on an instance whose __init__ failed)."""
+        if hasattr(self, "_stack"):
+            super().close()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def save_state(self) -> "llama_cpp.LlamaState":
+        state = super().save_state()
+        state.self_extend = self._setting_key()  # type: ignore[attr-defined]
+        return state
+
+    def load_state(self, state: "llama_cpp.LlamaState") -> None:
+        saved = getattr(state, "self_extend", None)
+        if saved is not None and saved != self._setting_key():
+            raise SelfExtendConfigError(
+                f"this state was saved with self-extend {saved} but this LongLlama uses "
+                f"{self._setting_key()}; the cached positions would be wrong. Load it into a LongLlama "
+                "with the same mode, group_size and window.")
+        super().load_state(state)
+        self._n_cached = self.n_tokens
+
+    def _setting_key(self) -> tuple:
+        p = self.self_extend
+        return (p.mode, p.group_size, p.window) if p.enabled else ("off", 1, 0)
+
+    # -- construction from a model hub ------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        repo_id: str,
+        filename: str,
+        *,
+        additional_files: Optional[List[str]] = None,
+        local_dir: Optional[Union[str, os.PathLike]] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        revision: Optional[str] = None,
+        **kwargs: Any,
+    ) -> "LongLlama":
+        """Download a GGUF file from a Hugging Face Hub repository (or find it in the local
+        hub cache) and open it, as :meth:`llama_cpp.Llama.from_pretrained`.
+
+        ``filename`` may be a glob such as ``"*Q4_K_M.gguf"``; it must match exactly one
+        file. Works offline (``HF_HUB_OFFLINE=1``) from the hub cache. The remaining
+        keyword arguments, ``group_size``, ``window`` and ``mode`` included, go to
+        :class:`LongLlama`.
+        """
+        from huggingface_hub import snapshot_download
+
+        patterns = [filename, *(additional_files or [])]
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, revision=revision,
+                                        cache_dir=cache_dir, local_dir=local_dir))
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        matches = [f for f in files if fnmatch.fnmatch(f, filename)]
+        if len(matches) != 1:
+            what = "No file" if not matches else f"{len(matches)} files ({', '.join(matches)})"
+            raise ModelFileError(f"{what} in {repo_id} match {filename!r}; available: {files}. "
+                                 "Pass the exact file name.")
+        return cls(model_path=str(folder / matches[0]), **kwargs)
