@@ -1,0 +1,257 @@
+"""Tiny random-weight GGUF models for tests.
+
+`write_tiny_model()` writes a small transformer with random weights that the pinned llama.cpp
+loads as an ordinary model (and that `tests/numpy_oracle.py` evaluates independently):
+
+- ``arch="llama"``: RMSNorm, SwiGLU FFN, rope NORM (adjacent pairs), GQA/MQA via ``n_head_kv``,
+  optional llama3-style ``rope_freqs.weight`` frequency factors.
+- ``arch="qwen2"``: like llama but rope NEOX (split halves) and q/k/v biases.
+- ``arch="phi3"``: rope NEOX, fused gate/up FFN, and the only one of the three that llama.cpp
+  lets use partial rotary (``n_rot < head_dim``).
+
+Weights are scaled so that attention scores have magnitudes of a few units (softmax far from
+uniform, so positions matter) and logits are O(1..10).
+
+Tokenizer: llama.cpp aborts when a byte cannot be mapped to a token, so every vocabulary holds all
+256 bytes; the vocabulary therefore has at least 260 entries (``MIN_VOCAB``).
+
+- ``tokenizer="spm"`` (default for llama and phi3): ``<unk>``=0, ``<s>``=1 (bos), ``</s>``=2
+  (eos), byte tokens ``<0x00>``..``<0xFF>`` = ids 3..258, then a few normal tokens ("▁", letters).
+- ``tokenizer="bpe"`` (default for qwen2): GPT-2 byte-level BPE; token id ``b`` is byte ``b``
+  (ids 0..255), then tokens produced by a few merges, and ``<|endoftext|>`` (bos = eos) last.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import gguf
+from gguf.vocab import bytes_to_unicode
+
+__all__ = [
+    "ARCHS",
+    "MIN_VOCAB",
+    "DEFAULT_N_VOCAB",
+    "write_tiny_model",
+    "special_token_ids",
+]
+
+ARCHS = ("llama", "qwen2", "phi3")
+MIN_VOCAB = 260
+DEFAULT_N_VOCAB = 288
+
+_DTYPES = {
+    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+
+
+def special_token_ids(tokenizer: str, n_vocab: int = DEFAULT_N_VOCAB) -> dict[str, int]:
+    """bos/eos ids of the vocabulary that `write_tiny_model` writes for `tokenizer`."""
+    if tokenizer == "spm":
+        return {"bos": 1, "eos": 2, "unk": 0}
+    if tokenizer == "bpe":
+        return {"bos": n_vocab - 1, "eos": n_vocab - 1}
+    raise ValueError(f"unknown tokenizer {tokenizer!r}; use 'spm' or 'bpe'")
+
+
+def _spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    T = gguf.TokenType
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256
+    extras: list[str] = ["▁"] + list(string.ascii_lowercase) + list(string.ascii_uppercase)
+    extras += ["▁" + c for c in string.ascii_lowercase]
+    extras += [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]
+    need = n_vocab - len(tokens)
+    if need > len(extras):
+        raise ValueError(f"n_vocab={n_vocab} too large for the tiny spm vocabulary")
+    tokens += extras[:need]
+    types += [T.NORMAL] * need
+    scores = [0.0] * 259 + [-float(i) for i in range(need)]
+    return tokens, scores, [int(t) for t in types]
+
+
+def _bpe_vocab(n_vocab: int) -> tuple[list[str], list[str], list[int]]:
+    T = gguf.TokenType
+    enc = bytes_to_unicode()
+    tokens = [enc[b] for b in range(256)]
+    space = enc[ord(" ")]
+    pairs = [(space, c) for c in string.ascii_lowercase]
+    pairs += [(a, b) for a in string.ascii_lowercase for b in string.ascii_lowercase]
+    need = n_vocab - 256 - 1
+    if need > len(pairs):
+        raise ValueError(f"n_vocab={n_vocab} too large for the tiny bpe vocabulary")
+    merges = [f"{a} {b}" for a, b in pairs[:need]]
+    tokens += [a + b for a, b in pairs[:need]]
+    types = [T.NORMAL] * len(tokens)
+    tokens.append("<|endoftext|>")
+    types.append(T.CONTROL)
+    return tokens, merges, [int(t) for t in types]
+
+
+def write_tiny_model(
+    path: str | Path,
+    *,
+    arch: str = "llama",
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 96,
+    n_vocab: int = DEFAULT_N_VOCAB,
+    context_length: int = 64,
+    rope_theta: float = 10000.0,
+    n_rot: int | None = None,
+    rope_scaling_factor: float | None = None,
+    rope_freq_factors: Sequence[float] | None = None,
+    rms_eps: float = 1e-5,
+    dtype: str = "f32",
+    tokenizer: str | None = None,
+    tie_embeddings: bool = False,
+    qk_scale: float = 1.7,
+    logit_scale: float = 2.0,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random-weight GGUF model to `path` and return the path.
+
+    n_rot: rotary dimensions (default head_dim); only ``arch="phi3"`` allows n_rot < head_dim.
+    rope_scaling_factor: writes ``rope.scaling.type=linear`` and ``rope.scaling.factor`` (the
+      loaded model then has freq_scale = 1/factor).
+    rope_freq_factors: llama only, n_rot/2 values written as ``rope_freqs.weight`` (theta of pair
+      k is divided by factor k, as for llama3).
+    dtype: "f32", "f16" or "q8_0" for the matrices (norms and biases stay F32; q8_0 needs
+      n_embd, n_ff and head sizes that are multiples of 32).
+    qk_scale: std of the q/k elements (so attention scores have std about qk_scale**2).
+    logit_scale: std of the logits.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, not {dtype!r}")
+    if n_embd % n_head:
+        raise ValueError("n_embd must be a multiple of n_head")
+    if n_head % n_head_kv:
+        raise ValueError("n_head must be a multiple of n_head_kv")
+    if n_vocab < MIN_VOCAB:
+        raise ValueError(
+            f"n_vocab={n_vocab} < {MIN_VOCAB}: the vocabulary must hold all 256 bytes, "
+            "or llama.cpp aborts while tokenizing"
+        )
+    head_dim = n_embd // n_head
+    if n_rot is None:
+        n_rot = head_dim
+    if n_rot % 2 or not 0 < n_rot <= head_dim:
+        raise ValueError(f"n_rot={n_rot} must be even and in (0, head_dim={head_dim}]")
+    if n_rot != head_dim and arch != "phi3":
+        raise ValueError(f"llama.cpp's {arch} requires n_rot == head_dim; use arch='phi3'")
+    if rope_freq_factors is not None:
+        if arch != "llama":
+            raise ValueError("rope_freq_factors is only supported for arch='llama'")
+        if len(rope_freq_factors) != n_rot // 2:
+            raise ValueError(f"rope_freq_factors needs n_rot/2 = {n_rot // 2} values")
+    if tokenizer is None:
+        tokenizer = "bpe" if arch == "qwen2" else "spm"
+
+    qtype, ftype = _DTYPES[dtype]
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    w = gguf.GGUFWriter(str(path), arch)
+    # no arch in general.name: llama.cpp special-cases vocabularies of models named "phi3"
+    w.add_name("selfextend-gguf tiny random test model")
+    w.add_description(f"random weights, arch {arch}, written by tests/tiny_models.py")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_rot)
+    w.add_rope_freq_base(float(rope_theta))
+    w.add_layer_norm_rms_eps(float(rms_eps))
+    w.add_vocab_size(n_vocab)
+    if rope_scaling_factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(rope_scaling_factor))
+    w.add_file_type(int(ftype))
+
+    # tokenizer
+    if tokenizer == "spm":
+        tokens, scores, types = _spm_vocab(n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+    elif tokenizer == "bpe":
+        tokens, merges, types = _bpe_vocab(n_vocab)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(n_vocab - 1)
+        w.add_eos_token_id(n_vocab - 1)
+        w.add_add_bos_token(False)
+    else:
+        raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
+    assert len(tokens) == n_vocab
+
+    def mat(name: str, rows: int, cols: int, std: float) -> None:
+        a = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, a)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
+
+    def vec(name: str, n: int, mean: float, std: float) -> None:
+        w.add_tensor(name, (mean + rng.standard_normal(n) * std).astype(np.float32))
+
+    n_q = n_head * head_dim
+    n_kv = n_head_kv * head_dim
+    # token embeddings N(0, 1); the RMSNorms bring every layer input back to unit RMS
+    mat("token_embd.weight", n_vocab, n_embd, 1.0)
+    vec("output_norm.weight", n_embd, 1.0, 0.1)
+    if not tie_embeddings:
+        mat("output.weight", n_vocab, n_embd, logit_scale / np.sqrt(n_embd))
+    if rope_freq_factors is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freq_factors, dtype=np.float32))
+
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        vec(p + "attn_norm.weight", n_embd, 1.0, 0.1)
+        mat(p + "attn_q.weight", n_q, n_embd, qk_scale / np.sqrt(n_embd))
+        mat(p + "attn_k.weight", n_kv, n_embd, qk_scale / np.sqrt(n_embd))
+        mat(p + "attn_v.weight", n_kv, n_embd, 1.0 / np.sqrt(n_embd))
+        if arch == "qwen2":
+            vec(p + "attn_q.bias", n_q, 0.0, 0.5)
+            vec(p + "attn_k.bias", n_kv, 0.0, 0.5)
+            vec(p + "attn_v.bias", n_kv, 0.0, 0.5)
+        mat(p + "attn_output.weight", n_embd, n_q, 1.0 / np.sqrt(n_q))
+        vec(p + "ffn_norm.weight", n_embd, 1.0, 0.1)
+        if arch == "phi3":
+            # fused [gate; up]: ggml_swiglu computes silu(first half) * second half
+            mat(p + "ffn_up.weight", 2 * n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        else:
+            mat(p + "ffn_gate.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+            mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
