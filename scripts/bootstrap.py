@@ -98,6 +98,10 @@ def setup() -> None:
     cmake_args = env.get("CMAKE_ARGS", "")
     if shutil.which("ccache") and "COMPILER_LAUNCHER" not in cmake_args:
         cmake_args += " -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+        # sources and build directories are keyed by the patch hash: relative paths let a
+        # changed patch recompile only the files it touches
+        env.setdefault("CCACHE_BASEDIR", str(fetch_llama_cpp.cache_dir()))
+        env.setdefault("CCACHE_NOHASHDIR", "1")
     env["CMAKE_ARGS"] = cmake_args.strip()
     build = build_dir()
     log(f"building and installing selfextend-gguf (CMake build directory {build})")
