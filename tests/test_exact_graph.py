@@ -1,0 +1,544 @@
+"""Exact SelfExtend inside the llama.cpp graph (patches 0002 + 0003) against the NumPy oracle.
+
+Needs the patched library: the one selfextend_gguf installs, or LLAMA_CPP_LIB_PATH=<dir with
+libllama.so>. The tests fail (with the reason) when it does not export llama_set_self_extend.
+
+(a) logits with exact mode == numpy_oracle.forward(positions_exact) on tiny F32 models with an
+    F32 KV cache, flash attention off, at 2-4x the trained context (64), rel max error <= 1e-4;
+(b) the same logits for any batch split: one batch, n_ubatch 1/7/32, several llama_decode calls,
+    token by token;
+(c) G == 1, mode NONE, or a sequence shorter than W: bit-identical to self-extend off;
+(d) F16 and q8_0 KV caches agree with the F32 cache about as well as they do in the stock library.
+Run with `pytest -s` to see the measured errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+
+import numpy_oracle as no
+from tiny_models import write_tiny_model
+
+TOL = 1e-4
+
+GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
+GGML_TYPE_Q8_0 = 8
+
+SE_NONE = 0
+SE_EXACT = 1
+
+N_VOCAB_TOKENS = (3, 280)  # token ids valid for both tiny vocabularies
+
+
+# ---------------------------------------------------------------------------------------------
+# library
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    # the patched library that selfextend_gguf installs (or LLAMA_CPP_LIB_PATH's, for a dev build);
+    # a missing library or API is a failure, not a skip: skipped exactness tests prove nothing
+    try:
+        if os.environ.get("LLAMA_CPP_LIB_PATH"):
+            import llama_cpp as lc
+        else:
+            from selfextend_gguf import load_llama_cpp
+
+            lc = load_llama_cpp()
+    except Exception as e:  # FileNotFoundError / OSError / NativeLibraryError
+        pytest.fail(f"llama_cpp cannot load the patched library: {e}")
+    lib = lc.llama_cpp._lib
+    try:
+        fset = lib.llama_set_self_extend
+        fget = lib.llama_get_self_extend
+    except AttributeError:
+        pytest.fail("the loaded libllama does not export llama_set_self_extend (patch 0002 not applied)")
+    fset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int32, ctypes.c_int32]
+    fset.restype = ctypes.c_int32
+    fget.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]
+    fget.restype = ctypes.c_int
+    return lc
+
+
+def _set_se(lc, llm, mode, g, w) -> int:
+    return lc.llama_cpp._lib.llama_set_self_extend(llm.ctx, mode, g, w)
+
+
+def _get_se(lc, llm):
+    g, w = ctypes.c_int32(0), ctypes.c_int32(0)
+    mode = lc.llama_cpp._lib.llama_get_self_extend(llm.ctx, ctypes.byref(g), ctypes.byref(w))
+    return mode, g.value, w.value
+
+
+def _open(lc, path, *, n_ctx=256, n_batch=256, n_ubatch=None, type_k=GGML_TYPE_F32,
+          type_v=GGML_TYPE_F32, flash_attn=False):
+    return lc.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=n_ubatch or n_batch,
+        logits_all=True,
+        type_k=type_k,
+        type_v=type_v,
+        flash_attn=flash_attn,
+        n_threads=1,
+        n_threads_batch=1,
+        verbose=False,
+    )
+
+
+def _decode(lc, llm, tokens, *, chunk=None, start=0, tail=0) -> np.ndarray:
+    """Decode tokens at positions start.. in sequence 0, `chunk` tokens per llama_decode call,
+    and the last `tail` tokens one by one."""
+    n = len(tokens)
+    chunk = chunk or n
+    bounds = list(range(0, n - tail, chunk)) + list(range(n - tail, n))
+    n_vocab = llm.n_vocab()
+    out = []
+    batch = lc.llama_batch_init(chunk, 0, 1)
+    try:
+        for s, e in zip(bounds, bounds[1:] + [n]):
+            part = tokens[s:e]
+            batch.n_tokens = len(part)
+            for i, t in enumerate(part):
+                batch.token[i] = int(t)
+                batch.pos[i] = start + s + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            rc = lc.llama_decode(llm.ctx, batch)
+            assert rc == 0, f"llama_decode returned {rc}"
+            for i in range(len(part)):
+                out.append(np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, i), shape=(n_vocab,)).copy())
+    finally:
+        lc.llama_batch_free(batch)
+    return np.array(out)
+
+
+def _clear(lc, llm):
+    lc.llama_memory_clear(lc.llama_get_memory(llm.ctx), True)
+
+
+def _run(lc, path, tokens, *, mode=SE_EXACT, g=4, w=8, chunk=None, tail=0, **kw) -> np.ndarray:
+    llm = _open(lc, path, **kw)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, mode, g, w) == 0
+        return _decode(lc, llm, tokens, chunk=chunk, tail=tail)
+    finally:
+        llm.close()
+
+
+def _tokens(n, seed=0):
+    return np.random.default_rng(seed).integers(*N_VOCAB_TOKENS, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# models (context_length 64)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exact")
+    return {
+        # rope NORM, GQA 4/2, head_dim 16
+        "llama": write_tiny_model(d / "llama.gguf", arch="llama", seed=1),
+        # rope NEOX, q/k/v biases, GQA 4/2
+        "qwen2": write_tiny_model(d / "qwen2.gguf", arch="qwen2", seed=2),
+        # rope NEOX, partial rotary (8 of 16 dims), MQA
+        "phi3": write_tiny_model(d / "phi3.gguf", arch="phi3", n_rot=8, n_head_kv=1, seed=3),
+        # head_dim 32: quantized K cache (q8_0 blocks of 32)
+        "llama_hd32": write_tiny_model(d / "llama_hd32.gguf", arch="llama", n_embd=128, n_head=4,
+                                       n_head_kv=2, seed=4),
+        # head_dim 64: a quantized K cache is also Hadamard-rotated (attn_rot_k)
+        "qwen2_hd64": write_tiny_model(d / "qwen2_hd64.gguf", arch="qwen2", n_embd=128, n_head=2,
+                                       n_head_kv=1, seed=5),
+    }
+
+
+_oracle_cache: dict = {}
+
+
+def _oracle(path, tokens, g, w) -> np.ndarray:
+    key = (str(path), tokens.tobytes(), g, w)
+    if key not in _oracle_cache:
+        _oracle_cache[key] = no.forward(path, tokens, *no.positions_exact(len(tokens), g, w))
+    return _oracle_cache[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# API
+
+
+def test_api_arguments_and_state(llama_cpp, models):
+    lc = llama_cpp
+    llm = _open(lc, models["llama"], n_ctx=128, n_batch=128)
+    try:
+        _clear(lc, llm)
+        assert _get_se(lc, llm) == (SE_NONE, 1, 1)
+        assert _set_se(lc, llm, SE_EXACT, 0, 8) == -1
+        assert _set_se(lc, llm, SE_EXACT, 4, 0) == -1
+        assert _set_se(lc, llm, 7, 4, 8) == -1
+        assert _set_se(lc, llm, SE_EXACT, 4, 8) == 0
+        assert _get_se(lc, llm) == (SE_EXACT, 4, 8)
+        # the same setting again is a no-op, also on a non-empty cache
+        _decode(lc, llm, _tokens(10))
+        assert _set_se(lc, llm, SE_EXACT, 4, 8) == 0
+        # a different one needs an empty cache: the cached keys are stored at grouped positions
+        assert _set_se(lc, llm, SE_EXACT, 2, 8) == -3
+        assert _set_se(lc, llm, SE_NONE, 1, 1) == -3
+        assert _get_se(lc, llm) == (SE_EXACT, 4, 8)
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_NONE, 4, 8) == 0
+        assert _get_se(lc, llm) == (SE_NONE, 1, 1)
+        lib = lc.llama_cpp._lib
+        assert lib.llama_get_self_extend(llm.ctx, None, None) == SE_NONE
+    finally:
+        llm.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) against the oracle
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("g,w,n", [(2, 4, 128), (4, 8, 256), (3, 5, 192), (8, 16, 256)])
+def test_exact_matches_oracle(llama_cpp, models, arch, g, w, n):
+    tokens = _tokens(n, seed=g * 100 + w)
+    got = _run(llama_cpp, models[arch], tokens, g=g, w=w)
+    ref = _oracle(models[arch], tokens, g, w)
+    err = no.rel_max_err(got, ref)
+    # and it really is not the stock model past the trained length
+    err_stock = no.rel_max_err(got, no.forward(models[arch], tokens))
+    print(f"\n[a] {arch} G={g} W={w} n={n}: rel max err vs oracle {err:.2e} (vs stock positions {err_stock:.2e})")
+    assert err <= TOL
+    assert err_stock > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) batch splits
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_exact_batch_split_invariance(llama_cpp, models, arch):
+    lc = llama_cpp
+    g, w, n = 4, 8, 256
+    tokens = _tokens(n, seed=7)
+    ref = _oracle(models[arch], tokens, g, w)
+    one = _run(lc, models[arch], tokens, g=g, w=w)
+    runs = {
+        "n_ubatch=1": _run(lc, models[arch], tokens, g=g, w=w, n_ubatch=1),
+        "n_ubatch=7": _run(lc, models[arch], tokens, g=g, w=w, n_ubatch=7),
+        "n_ubatch=32": _run(lc, models[arch], tokens, g=g, w=w, n_ubatch=32),
+        "decode calls of 29": _run(lc, models[arch], tokens, g=g, w=w, chunk=29),
+        "token by token": _run(lc, models[arch], tokens, g=g, w=w, chunk=1),
+        "prompt of 200, then token by token": _run(lc, models[arch], tokens, g=g, w=w, tail=56),
+    }
+    print(f"\n[b] {arch} G={g} W={w} n={n}: one batch vs oracle {no.rel_max_err(one, ref):.2e}")
+    for name, got in runs.items():
+        e_one, e_ref = no.rel_max_err(got, one), no.rel_max_err(got, ref)
+        print(f"[b]   {name}: vs one batch {e_one:.2e}, vs oracle {e_ref:.2e}")
+        assert e_ref <= TOL
+        # only the summation order of the matrix products differs
+        assert e_one <= 1e-5
+
+
+def test_exact_prefix_reuse(llama_cpp, models):
+    """seq_rm of a suffix and re-evaluation (llama-cpp-python's prefix reuse) gives the same logits."""
+    lc = llama_cpp
+    g, w, n, keep = 4, 8, 200, 150
+    tokens = _tokens(n, seed=11)
+    llm = _open(lc, models["llama"])
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, g, w) == 0
+        full = _decode(lc, llm, tokens)
+        assert lc.llama_memory_seq_rm(lc.llama_get_memory(llm.ctx), 0, keep, -1)
+        again = _decode(lc, llm, tokens[keep:], start=keep)
+    finally:
+        llm.close()
+    err = no.rel_max_err(again, full[keep:])
+    print(f"\n[b] prefix reuse (keep {keep} of {n}): {err:.2e}")
+    assert err <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) bit-identical to the stock graph
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_stock_identity(llama_cpp, models, arch):
+    lc = llama_cpp
+    path = models[arch]
+    long_tokens = _tokens(160, seed=3)
+    off = _run(lc, path, long_tokens, mode=SE_NONE)
+    # G == 1 is the stock graph, whatever W
+    assert np.array_equal(_run(lc, path, long_tokens, g=1, w=8), off)
+    # mode NONE ignores G and W
+    assert np.array_equal(_run(lc, path, long_tokens, mode=SE_NONE, g=4, w=8), off)
+    # a sequence shorter than W: every key is a neighbour at its exact position
+    assert np.array_equal(_run(lc, path, long_tokens, g=4, w=200), off)
+    assert np.array_equal(_run(lc, path, long_tokens[:50], g=4, w=50), off[:50])
+    # also token by token
+    off_tbt = _run(lc, path, long_tokens[:40], mode=SE_NONE, chunk=1)
+    assert np.array_equal(_run(lc, path, long_tokens[:40], g=2, w=40, chunk=1), off_tbt)
+    print(f"\n[c] {arch}: G=1, NONE, n < W: bit-identical to self-extend off")
+
+
+def test_reenable_after_clear(llama_cpp, models):
+    """Switching modes on one context (with llama_memory_clear between) gives fresh-context results."""
+    lc = llama_cpp
+    path = models["llama"]
+    tokens = _tokens(128, seed=5)
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, 4, 8) == 0
+        a = _decode(lc, llm, tokens)
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_NONE, 1, 1) == 0
+        b = _decode(lc, llm, tokens)
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, 2, 4) == 0
+        c = _decode(lc, llm, tokens)
+    finally:
+        llm.close()
+    assert np.array_equal(b, _run(lc, path, tokens, mode=SE_NONE))
+    assert no.rel_max_err(a, _oracle(path, tokens, 4, 8)) <= TOL
+    assert no.rel_max_err(c, _oracle(path, tokens, 2, 4)) <= TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) F16 and quantized caches
+
+
+CACHES = {
+    # name: (type_k, type_v, flash_attn)  flash_attn only decides the V layout (not transposed)
+    "f16": (GGML_TYPE_F16, GGML_TYPE_F16, False),
+    "f16 V not transposed": (GGML_TYPE_F16, GGML_TYPE_F16, True),
+    "q8_0 K": (GGML_TYPE_Q8_0, GGML_TYPE_F16, False),
+    "q8_0 K+V": (GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, True),
+}
+
+
+@pytest.mark.parametrize("arch", ["llama_hd32", "qwen2_hd64"])
+@pytest.mark.parametrize("cache", list(CACHES))
+def test_low_precision_caches(llama_cpp, models, arch, cache):
+    """Exact mode with an F16/q8_0 cache deviates from its F32 cache about as much as the stock
+    library's F16/q8_0 cache deviates from its F32 cache on the same tokens (the cache rounding is
+    the only difference). The bound: 3x the stock deviation, plus 1e-3 for the extra rounding of
+    the keys that exact mode re-rotates after reading them (rounded once more than stock)."""
+    lc = llama_cpp
+    path = models[arch]
+    type_k, type_v, fa = CACHES[cache]
+    g, w, n = 4, 16, 256
+    tokens = _tokens(n, seed=13)
+    ref = _oracle(path, tokens, g, w)
+    # a prompt, then 24 tokens one by one (the decode path of the graph)
+    tail = 24
+    exact_f32 = _run(lc, path, tokens, g=g, w=w, tail=tail)
+    exact_low = _run(lc, path, tokens, g=g, w=w, tail=tail, type_k=type_k, type_v=type_v, flash_attn=fa)
+    # stock deviation of this cache type, same tokens and split
+    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, tail=tail)
+    stock_low = _run(lc, path, tokens, mode=SE_NONE, tail=tail, type_k=type_k, type_v=type_v, flash_attn=fa)
+    e_exact = no.rel_max_err(exact_low, exact_f32)
+    e_stock = no.rel_max_err(stock_low, stock_f32)
+    print(f"\n[d] {arch} {cache}: exact F32 vs oracle {no.rel_max_err(exact_f32, ref):.2e}; "
+          f"{cache} vs F32: exact {e_exact:.2e}, stock {e_stock:.2e}")
+    assert no.rel_max_err(exact_f32, ref) <= TOL
+    assert e_exact <= 3 * e_stock + 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# K-shift (llama_memory_seq_add): the cached keys move between their stored (grouped) positions
+
+
+def test_exact_kv_shift(llama_cpp, tmp_path):
+    """Drop the first k tokens and shift the rest back by k (a context shift), then decode one
+    more token: with one layer the cache then holds exactly what a fresh evaluation of the
+    shortened text computes, so the logits must agree."""
+    lc = llama_cpp
+    path = write_tiny_model(tmp_path / "llama1.gguf", arch="llama", n_layer=1, seed=21)
+    g, w, n, k = 4, 8, 150, 37
+    tokens = _tokens(n + 1, seed=17)
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, g, w) == 0
+        _decode(lc, llm, tokens[:n])
+        mem = lc.llama_get_memory(llm.ctx)
+        assert lc.llama_memory_seq_rm(mem, 0, 0, k)
+        lc.llama_memory_seq_add(mem, 0, k, -1, -k)
+        shifted = _decode(lc, llm, tokens[n:], start=n - k)
+    finally:
+        llm.close()
+    fresh = _run(lc, path, tokens[k:], g=g, w=w)[-1:]
+    ref = no.forward(path, tokens[k:], *no.positions_exact(n + 1 - k, g, w))[-1:]
+    err, err_ref = no.rel_max_err(shifted, fresh), no.rel_max_err(shifted, ref)
+    print(f"\n[b] K-shift by {k}: vs fresh evaluation {err:.2e}, vs oracle {err_ref:.2e}")
+    assert err_ref <= TOL
+    assert err <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# iSWA (gemma3): self-extend on the full-attention layers, the sliding-window layers stay stock.
+# No oracle for gemma3 here: these check that the iSWA graph runs, is consistent across batch
+# splits and is the stock graph where it must be.
+
+
+def _write_tiny_gemma3(path):
+    import gguf
+    from tiny_models import _spm_vocab
+
+    rng = np.random.default_rng(31)
+    n_embd, n_head, n_head_kv, hd, n_ff, n_layer, n_vocab = 64, 4, 2, 16, 96, 4, 288
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_name("selfextend-gguf tiny gemma3 test model")
+    w.add_context_length(64)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_sliding_window(8)
+    w.add_uint32("gemma3.attention.sliding_window_pattern", 2)  # layers 0, 2 SWA; 1, 3 full
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    tokens, scores, types = _spm_vocab(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def mat(name, rows, cols, std):
+        w.add_tensor(name, (rng.standard_normal((rows, cols)) * std).astype(np.float32))
+
+    def vec(name, n, mean=0.0, std=0.1):
+        w.add_tensor(name, (mean + rng.standard_normal(n) * std).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 1.0 / np.sqrt(n_embd))
+    vec("output_norm.weight", n_embd)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        vec(p + "attn_norm.weight", n_embd)
+        mat(p + "attn_q.weight", n_head * hd, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "attn_k.weight", n_head_kv * hd, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "attn_v.weight", n_head_kv * hd, n_embd, 1.0 / np.sqrt(n_embd))
+        vec(p + "attn_q_norm.weight", hd, 1.0, 0.3)  # gemma RMS norms scale by (1 + w)
+        vec(p + "attn_k_norm.weight", hd, 1.0, 0.3)
+        mat(p + "attn_output.weight", n_embd, n_head * hd, 1.0 / np.sqrt(n_head * hd))
+        vec(p + "post_attention_norm.weight", n_embd)
+        vec(p + "ffn_norm.weight", n_embd)
+        mat(p + "ffn_gate.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+        vec(p + "post_ffw_norm.weight", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_iswa_gemma3(llama_cpp, tmp_path):
+    lc = llama_cpp
+    path = _write_tiny_gemma3(tmp_path / "gemma3.gguf")
+    g, w, n = 4, 8, 200
+    tokens = _tokens(n, seed=23)
+    off = _run(lc, path, tokens, mode=SE_NONE)
+    one = _run(lc, path, tokens, g=g, w=w)
+    tbt = _run(lc, path, tokens, g=g, w=w, chunk=1)
+    ub7 = _run(lc, path, tokens, g=g, w=w, n_ubatch=7)
+    e_off, e_tbt, e_ub7 = no.rel_max_err(one, off), no.rel_max_err(tbt, one), no.rel_max_err(ub7, one)
+    print(f"\n[iswa] gemma3 G={g} W={w} n={n}: vs off {e_off:.2e}; token by token {e_tbt:.2e}, n_ubatch 7 {e_ub7:.2e}")
+    assert np.isfinite(one).all()
+    assert e_off > 1e-3  # the full-attention layers do self-extend
+    assert e_tbt <= 1e-5 and e_ub7 <= 1e-5
+    assert np.array_equal(_run(lc, path, tokens, g=1, w=w), off)
+    assert np.array_equal(_run(lc, path, tokens[:60], g=g, w=60), off[:60])
+
+
+# ---------------------------------------------------------------------------------------------
+# several sequences
+
+
+def _context(lc, llm, *, n_seq_max, kv_unified, n_ctx=1024, n_batch=512):
+    p = lc.llama_context_default_params()
+    p.n_ctx = n_ctx
+    p.n_batch = n_batch
+    p.n_ubatch = n_batch
+    p.n_seq_max = n_seq_max
+    p.kv_unified = kv_unified
+    p.type_k = GGML_TYPE_F32
+    p.type_v = GGML_TYPE_F32
+    p.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
+    p.n_threads = 1
+    p.n_threads_batch = 1
+    ctx = lc.llama_init_from_model(llm.model, p)
+    assert ctx
+    return ctx
+
+
+def test_exact_several_sequences(llama_cpp, models):
+    """Two sequences in one unified cache, their tokens interleaved in the same batches, give each
+    the logits of its own single-sequence evaluation; a cache with one stream per sequence is
+    refused (-4)."""
+    lc = llama_cpp
+    lib = lc.llama_cpp._lib
+    path = models["llama"]
+    g, w = 4, 8
+    seqs = [_tokens(150, seed=41), _tokens(130, seed=42)]
+    llm = _open(lc, path, n_ctx=64, n_batch=64)
+    try:
+        ctx = _context(lc, llm, n_seq_max=2, kv_unified=False)
+        assert lib.llama_set_self_extend(ctx, SE_EXACT, g, w) == -4
+        lc.llama_free(ctx)
+
+        ctx = _context(lc, llm, n_seq_max=2, kv_unified=True)
+        assert lib.llama_set_self_extend(ctx, SE_EXACT, g, w) == 0
+        n_vocab = llm.n_vocab()
+        out = [[], []]
+        batch = lc.llama_batch_init(64, 0, 1)
+        pos = [0, 0]
+        chunk = 23
+        while pos[0] < len(seqs[0]) or pos[1] < len(seqs[1]):
+            n = 0
+            owners = []
+            for s in (0, 1):
+                for t in seqs[s][pos[s] : pos[s] + chunk]:
+                    batch.token[n] = int(t)
+                    batch.pos[n] = pos[s]
+                    batch.n_seq_id[n] = 1
+                    batch.seq_id[n][0] = s
+                    batch.logits[n] = 1
+                    owners.append(s)
+                    pos[s] += 1
+                    n += 1
+            batch.n_tokens = n
+            assert lc.llama_decode(ctx, batch) == 0
+            for i, s in enumerate(owners):
+                out[s].append(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy())
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+    finally:
+        llm.close()
+    for s in (0, 1):
+        got = np.array(out[s])
+        ref = _oracle(path, seqs[s], g, w)
+        single = _run(lc, path, seqs[s], g=g, w=w)
+        e_ref, e_single = no.rel_max_err(got, ref), no.rel_max_err(got, single)
+        print(f"\n[seqs] sequence {s}: vs oracle {e_ref:.2e}, vs alone {e_single:.2e}")
+        assert e_ref <= TOL
+        assert e_single <= 1e-5

@@ -1,0 +1,93 @@
+"""Exact mode through LongLlama (the binding of patches 0002/0003), against the NumPy oracle.
+
+tests/test_exact_graph.py checks the graph through the raw C API; these check what a
+user of LongLlama gets: generation, prefix reuse, state, and the setting read back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import numpy_oracle as no
+from selfextend_gguf import LongLlama, max_context
+from selfextend_gguf import _api
+
+TOL = 1e-4
+F32 = 0
+
+
+def _tokens(n: int, seed: int) -> list:
+    return [int(t) for t in np.random.default_rng(seed).integers(3, 259, size=n)]
+
+
+def _exact(path, *, G, W, n_ctx=None, n_batch=512, **kwargs) -> LongLlama:
+    return LongLlama(str(path), group_size=G, window=W, mode="exact", n_ctx=n_ctx or max_context(64, G, W),
+                     n_batch=n_batch, n_ubatch=n_batch, logits_all=True, type_k=F32, type_v=F32,
+                     flash_attn=False, n_threads=1, n_threads_batch=1, verbose=False, **kwargs)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_path", "tiny_qwen2_path"])
+@pytest.mark.parametrize("G,W,n_batch", [(2, 8, 512), (4, 16, 7), (3, 5, 32)])
+def test_exact_mode_matches_oracle(fixture, G, W, n_batch, request):
+    path = request.getfixturevalue(fixture)
+    n = min(192, max_context(64, G, W))
+    toks = _tokens(n, seed=G + W)
+    llm = _exact(path, G=G, W=W, n_batch=n_batch)
+    assert _api.get_self_extend(llm.ctx) == (_api.SELF_EXTEND_EXACT, G, W)
+    llm.eval(toks)
+    model = no.load_model(path)
+    lib = np.array(llm.scores[:n], dtype=np.float64)
+    assert no.rel_max_err(lib, no.forward(model, toks, *no.positions_exact(n, G, W))) <= TOL
+    # and it is neither the stock model nor shift mode
+    assert no.rel_max_err(lib, no.forward(model, toks)) > 1e-2
+    if W % G == 0:
+        assert no.rel_max_err(lib, no.forward(model, toks, *no.positions_shift(n, G, W))) > 1e-2
+    llm.close()
+
+
+@pytest.mark.parametrize("shared", [150, 90, 3])
+def test_exact_mode_prefix_reuse_and_generation(tiny_llama_path, shared):
+    """A second prompt sharing a prefix, then token-by-token generation: oracle logits throughout."""
+    G, W = 4, 16
+    first = _tokens(160, seed=1)
+    second = first[:shared] + _tokens(170 - shared, seed=2)
+    llm = _exact(tiny_llama_path, G=G, W=W, n_batch=32)
+    llm.eval(first)
+    gen = llm.generate(second, top_k=1, temp=0.0)
+    out = [next(gen) for _ in range(5)]
+    n = len(second) + 4  # the 5th sampled token is not evaluated yet
+    seq = second + out[:4]
+    ref = no.forward(no.load_model(tiny_llama_path), seq, *no.positions_exact(n, G, W))
+    assert no.rel_max_err(np.array(llm.scores[:n]), ref) <= TOL
+    llm.close()
+
+
+def test_exact_state_round_trip(tiny_qwen2_path):
+    toks = _tokens(150, seed=6)
+    llm = _exact(tiny_qwen2_path, G=4, W=16)
+    llm.eval(toks[:120])
+    state = llm.save_state()
+    llm.eval(toks[120:])
+    after = np.array(llm.scores[:150])
+    llm.reset()
+    llm.eval(_tokens(40, seed=7))
+    llm.load_state(state)
+    llm.eval(toks[120:])
+    assert np.array_equal(np.array(llm.scores[:150]), after)
+    llm.close()
+
+
+def test_group_size_one_is_bit_identical_to_off(tiny_llama_path):
+    toks = _tokens(60, seed=3)
+    on = _exact(tiny_llama_path, G=1, W=8, n_ctx=64)
+    on.eval(toks)
+    assert _api.get_self_extend(on.ctx)[0] == _api.SELF_EXTEND_NONE
+    import llama_cpp
+
+    off = llama_cpp.Llama(str(tiny_llama_path), n_ctx=64, logits_all=True, type_k=F32, type_v=F32,
+                          flash_attn=False, n_threads=1, n_threads_batch=1, verbose=False)
+    off.eval(toks)
+    assert np.array_equal(np.array(on.scores[:60]), np.array(off.scores[:60]))
+    on.close()
+    off.close()
