@@ -158,6 +158,10 @@ def models(tmp_path_factory):
         # head_dim 64: a quantized K cache is also Hadamard-rotated (attn_rot_k)
         "qwen2_hd64": write_tiny_model(d / "qwen2_hd64.gguf", arch="qwen2", n_embd=128, n_head=2,
                                        n_head_kv=1, seed=5),
+        # linear RoPE scaling (freq_scale 1/2) and llama3-style frequency factors
+        "llama_scaled": write_tiny_model(d / "llama_scaled.gguf", arch="llama", rope_scaling_factor=2.0,
+                                         rope_freq_factors=[1.0, 1.0, 2.0, 4.0, 8.0, 8.0, 16.0, 32.0],
+                                         seed=6),
     }
 
 
@@ -206,7 +210,7 @@ def test_api_arguments_and_state(llama_cpp, models):
 # (a) against the oracle
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "llama_scaled"])
 @pytest.mark.parametrize("g,w,n", [(2, 4, 128), (4, 8, 256), (3, 5, 192), (8, 16, 256)])
 def test_exact_matches_oracle(llama_cpp, models, arch, g, w, n):
     tokens = _tokens(n, seed=g * 100 + w)
@@ -542,3 +546,64 @@ def test_exact_several_sequences(llama_cpp, models):
         print(f"\n[seqs] sequence {s}: vs oracle {e_ref:.2e}, vs alone {e_single:.2e}")
         assert e_ref <= TOL
         assert e_single <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# YaRN: the second rotations must not apply the YaRN magnitude again
+
+
+def _yarn_oracle_model(path, factor, n_ctx_orig, beta_fast=32.0, beta_slow=1.0):
+    """The oracle model with llama.cpp's YaRN folded in: the per-pair angle mixes interpolation and
+    extrapolation (ggml rope_yarn, ext_factor 1) -> frequency factors; the magnitude
+    1 + 0.1 ln(factor) on q and k -> a scale of the query projection."""
+    import math
+
+    m = no.load_model(path)
+    fs = 1.0 / factor
+    n = m.n_rot
+
+    def corr_dim(n_rot):
+        return n * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(m.freq_base))
+
+    lo = max(0.0, math.floor(corr_dim(beta_fast)))
+    hi = min(n - 1.0, math.ceil(corr_dim(beta_slow)))
+    k = np.arange(n // 2, dtype=np.float64)
+    ramp = 1.0 - np.clip((k - lo) / max(0.001, hi - lo), 0.0, 1.0)
+    mix = fs * (1.0 - ramp) + ramp  # theta = theta_extrap * mix
+    m.freq_scale = 1.0
+    m.rope_freq_factors = 1.0 / mix
+    mscale = 1.0 + 0.1 * math.log(factor)
+    for il in range(m.n_layer):
+        for name in (f"blk.{il}.attn_q.weight", f"blk.{il}.attn_q.bias"):
+            if name in m.tensors:
+                m.tensors[name] = m.tensors[name] * mscale**2
+    return m
+
+
+def test_exact_yarn(llama_cpp, models):
+    lc = llama_cpp
+    path = models["qwen2"]
+    g, w, n, factor = 2, 8, 192, 2.0
+    tokens = _tokens(n, seed=29)
+    yarn = dict(rope_scaling_type=2, rope_freq_scale=1.0 / factor, yarn_orig_ctx=64)
+    oracle = _yarn_oracle_model(path, factor, 64)
+    # the oracle's YaRN model is right: check it against stock llama.cpp with YaRN
+    stock = _run_kw(lc, path, tokens, mode=SE_NONE, **yarn)
+    e_stock = no.rel_max_err(stock, no.forward(oracle, tokens))
+    got = _run_kw(lc, path, tokens, g=g, w=w, **yarn)
+    e = no.rel_max_err(got, no.forward(oracle, tokens, *no.positions_exact(n, g, w)))
+    print(f"\n[a] YaRN x{factor}: stock vs oracle {e_stock:.2e}; exact G={g} W={w} vs oracle {e:.2e}")
+    assert e_stock <= TOL
+    assert e <= TOL
+
+
+def _run_kw(lc, path, tokens, *, mode=SE_EXACT, g=4, w=8, **kw):
+    llm = lc.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_ubatch=256, logits_all=True,
+                   type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False, n_threads=1,
+                   n_threads_batch=1, verbose=False, **kw)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, mode, g, w) == 0
+        return _decode(lc, llm, tokens)
+    finally:
+        llm.close()
