@@ -1,4 +1,4 @@
-"""ctypes binding of the C API that ``patches/0002-llama-self-extend-api.patch`` adds to llama.h.
+"""ctypes binding of the C API that ``patches/0004-llama-self-extend-api.patch`` adds to llama.h.
 
     int32_t llama_set_self_extend(struct llama_context * ctx, enum llama_self_extend_mode mode,
                                   int32_t group_size, int32_t window);

@@ -1,4 +1,4 @@
-"""Exact SelfExtend inside the llama.cpp graph (patches 0002 + 0003) against the NumPy oracle.
+"""Exact SelfExtend inside the llama.cpp graph (patches 0004 + 0005) against the NumPy oracle.
 
 Needs the patched library: the one selfextend_gguf installs, or LLAMA_CPP_LIB_PATH=<dir with
 libllama.so>. The tests fail (with the reason) when it does not export llama_set_self_extend.
@@ -57,7 +57,7 @@ def llama_cpp():
         fset = lib.llama_set_self_extend
         fget = lib.llama_get_self_extend
     except AttributeError:
-        pytest.fail("the loaded libllama does not export llama_set_self_extend (patch 0002 not applied)")
+        pytest.fail("the loaded libllama does not export llama_set_self_extend (patch 0004 not applied)")
     fset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int32, ctypes.c_int32]
     fset.restype = ctypes.c_int32
     fget.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]

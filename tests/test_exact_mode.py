@@ -1,4 +1,4 @@
-"""Exact mode through LongLlama (the binding of patches 0002/0003), against the NumPy oracle.
+"""Exact mode through LongLlama (the binding of patches 0004/0005), against the NumPy oracle.
 
 tests/test_exact_graph.py checks the graph through the raw C API; these check what a
 user of LongLlama gets: generation, prefix reuse, state, and the setting read back.
