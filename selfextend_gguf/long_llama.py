@@ -84,6 +84,7 @@ class LongLlama(llama_cpp.Llama):
     def _enable(self, params: SelfExtendParams) -> None:
         if not params.enabled:
             return
+        self._check_sliding_window(params)
         if params.mode == "shift":
             if not llama_cpp.llama_memory_can_shift(self._ctx.memory):
                 raise UnsupportedModelError(
@@ -94,6 +95,36 @@ class LongLlama(llama_cpp.Llama):
             from . import _api
 
             _api.set_self_extend(self._ctx.ctx, params)
+
+    def _check_sliding_window(self, params: SelfExtendParams) -> None:
+        """Refuse what SelfExtend cannot do right on a model with sliding-window attention (SWA).
+
+        The paper's rule: sliding-window layers stay local (stock), SelfExtend applies to the
+        full-attention layers. Exact mode does exactly that. Shift mode cannot: its
+        ``llama_memory_seq_div`` moves the cached keys of every layer, the sliding-window ones
+        included, so they would see grouped positions inside their window. A model whose layers
+        are all sliding-window never meets a distance beyond its window, so there is nothing to
+        extend. (Mistral GGUFs with arch ``llama`` are run by llama.cpp as full attention: the
+        ``sliding_window`` key is ignored and ``llama_model_n_swa`` is 0, so they pass.)
+        """
+        model = self._model.model
+        n_swa = llama_cpp.llama_model_n_swa(model)
+        if n_swa <= 0:
+            return
+        from . import _api
+
+        arch = self.metadata.get("general.architecture", "this model")
+        if not _api.has_self_extend_layers(self._ctx.ctx):
+            raise UnsupportedModelError(
+                f"every attention layer of {arch} is a sliding-window layer (window {n_swa}): no layer ever sees "
+                "a distance beyond its window, so the model needs no extension and SelfExtend would change "
+                "nothing. Use llama_cpp.Llama with the n_ctx you need.")
+        if params.mode == "shift":
+            raise UnsupportedModelError(
+                f"{arch} has sliding-window attention layers (window {n_swa}). Shift mode divides the cached "
+                "positions of every layer (llama_memory_seq_div), so its sliding-window layers would see grouped "
+                "positions inside their window, where SelfExtend keeps them stock. Use mode='exact': it applies "
+                "SelfExtend to the full-attention layers only.")
 
     # -- evaluation ---------------------------------------------------------------------------
 

@@ -116,6 +116,7 @@ def write_tiny_model(
     tie_embeddings: bool = False,
     qk_scale: float = 1.7,
     logit_scale: float = 2.0,
+    sliding_window: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random-weight GGUF model to `path` and return the path.
@@ -129,6 +130,8 @@ def write_tiny_model(
       n_embd, n_ff and head sizes that are multiples of 32).
     qk_scale: std of the q/k elements (so attention scores have std about qk_scale**2).
     logit_scale: std of the logits.
+    sliding_window: writes ``<arch>.attention.sliding_window`` (as Mistral GGUFs converted to arch
+      llama carry it); the pinned llama.cpp ignores it for these archs (phi3 says so in its log).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
@@ -177,6 +180,8 @@ def write_tiny_model(
     w.add_rope_freq_base(float(rope_theta))
     w.add_layer_norm_rms_eps(float(rms_eps))
     w.add_vocab_size(n_vocab)
+    if sliding_window is not None:
+        w.add_sliding_window(sliding_window)
     if rope_scaling_factor is not None:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(rope_scaling_factor))
@@ -273,6 +278,7 @@ def write_tiny_gemma3(
     swa_pattern: int | Sequence[bool] = 2,
     rope_theta: float = 10000.0,
     rope_theta_swa: float | None = None,
+    zero_attn_out: Sequence[int] = (),
     seed: int = 31,
 ) -> Path:
     """Write a tiny random gemma3 (rope NEOX, q/k RMS norms, post-attention/FFN norms, GELU FFN).
@@ -282,6 +288,8 @@ def write_tiny_gemma3(
       unless ``il % n == n - 1`` (llama.cpp's set_swa_pattern; 0 = every layer), a list of bools
       says it per layer (all True: a pure sliding-window model, Mistral-style).
     rope_theta_swa: ``gemma3.rope.freq_base_swa``, the RoPE base of the sliding-window layers.
+    zero_attn_out: layers whose attention output projection is all zeros (their attention then
+      cannot change the result: used to see which layers' attention a setting changes).
     """
     rng = np.random.default_rng(seed)
     path = Path(path)
@@ -335,7 +343,7 @@ def write_tiny_gemma3(
         mat(p + "attn_v.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
         vec(p + "attn_q_norm.weight", head_dim, 2.0, 0.3)
         vec(p + "attn_k_norm.weight", head_dim, 2.0, 0.3)
-        mat(p + "attn_output.weight", n_embd, n_head * head_dim, 1.0 / np.sqrt(n_head * head_dim))
+        mat(p + "attn_output.weight", n_embd, n_head * head_dim, 0.0 if il in zero_attn_out else 1.0 / np.sqrt(n_head * head_dim))
         vec(p + "post_attention_norm.weight", n_embd)
         vec(p + "ffn_norm.weight", n_embd)
         mat(p + "ffn_gate.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
