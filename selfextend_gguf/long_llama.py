@@ -90,6 +90,12 @@ class LongLlama(llama_cpp.Llama):
                 raise UnsupportedModelError(
                     "this model's KV cache cannot shift positions (llama_memory_can_shift is false), "
                     "which shift mode needs. Use mode='exact'.")
+            if self._uses_yarn():
+                raise UnsupportedModelError(
+                    "this context uses YaRN RoPE scaling, and llama.cpp's K-shift (which shift mode's "
+                    "llama_memory_seq_div runs) applies the YaRN magnitude to a shifted key a second time, "
+                    "so shift mode would compute wrong attention scores. Use mode='exact' (it handles YaRN), "
+                    "or no YaRN scaling.")
             self._shift = ShiftSchedule(params.group_size, params.window)
         else:
             from . import _api
@@ -125,6 +131,15 @@ class LongLlama(llama_cpp.Llama):
                 "positions of every layer (llama_memory_seq_div), so its sliding-window layers would see grouped "
                 "positions inside their window, where SelfExtend keeps them stock. Use mode='exact': it applies "
                 "SelfExtend to the full-attention layers only.")
+
+    def _uses_yarn(self) -> bool:
+        """Whether the context's RoPE uses YaRN: asked for (``rope_scaling_type``) or, when not
+        given, from the GGUF's ``<arch>.rope.scaling.type``, as llama.cpp decides it."""
+        requested = int(self.context_params.rope_scaling_type)
+        if requested != llama_cpp.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED:
+            return requested == llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
+        arch = self.metadata.get("general.architecture", "")
+        return self.metadata.get(f"{arch}.rope.scaling.type", "") == "yarn"
 
     # -- evaluation ---------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ def write_tiny_model(
     rope_theta: float = 10000.0,
     n_rot: int | None = None,
     rope_scaling_factor: float | None = None,
+    rope_scaling_type: str = "linear",
     rope_freq_factors: Sequence[float] | None = None,
     rms_eps: float = 1e-5,
     dtype: str = "f32",
@@ -124,6 +125,8 @@ def write_tiny_model(
     n_rot: rotary dimensions (default head_dim); only ``arch="phi3"`` allows n_rot < head_dim.
     rope_scaling_factor: writes ``rope.scaling.type=linear`` and ``rope.scaling.factor`` (the
       loaded model then has freq_scale = 1/factor).
+    rope_scaling_type: "linear", or "yarn" (also writes ``rope.scaling.original_context_length`` =
+      context_length; llama.cpp then uses YaRN with ext_factor 1, beta_fast 32, beta_slow 1).
     rope_freq_factors: llama only, n_rot/2 values written as ``rope_freqs.weight`` (theta of pair
       k is divided by factor k, as for llama3).
     dtype: "f32", "f16" or "q8_0" for the matrices (norms and biases stay F32; q8_0 needs
@@ -183,7 +186,13 @@ def write_tiny_model(
     if sliding_window is not None:
         w.add_sliding_window(sliding_window)
     if rope_scaling_factor is not None:
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        if rope_scaling_type == "yarn":
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_orig_ctx_len(context_length)
+        elif rope_scaling_type == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        else:
+            raise ValueError(f"rope_scaling_type must be 'linear' or 'yarn', not {rope_scaling_type!r}")
         w.add_rope_scaling_factor(float(rope_scaling_factor))
     w.add_file_type(int(ftype))
 
