@@ -63,6 +63,16 @@ def set_self_extend(ctx: ctypes.c_void_p, params: SelfExtendParams) -> None:
                   f"window={params.window}) failed: {why}")
 
 
+def has_self_extend_layers(ctx: ctypes.c_void_p) -> bool:
+    """Whether the model of ``ctx`` has a layer that exact mode would change: a full-attention
+    (not sliding-window) RoPE layer. Asks the library (``llama_set_self_extend`` answers -2 when
+    there is none) on a context whose cache is empty, and leaves self-extend off."""
+    set_fn, _ = _functions()
+    rc = set_fn(ctx, SELF_EXTEND_EXACT, 2, 1)
+    set_fn(ctx, SELF_EXTEND_NONE, 1, 1)
+    return rc != -2
+
+
 def get_self_extend(ctx: ctypes.c_void_p) -> Tuple[int, int, int]:
     """``(mode, group_size, window)`` as the library reports them."""
     _, get_fn = _functions()

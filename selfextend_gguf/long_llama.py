@@ -84,16 +84,82 @@ class LongLlama(llama_cpp.Llama):
     def _enable(self, params: SelfExtendParams) -> None:
         if not params.enabled:
             return
+        self._check_sliding_window(params)
         if params.mode == "shift":
             if not llama_cpp.llama_memory_can_shift(self._ctx.memory):
                 raise UnsupportedModelError(
                     "this model's KV cache cannot shift positions (llama_memory_can_shift is false), "
                     "which shift mode needs. Use mode='exact'.")
+            if self._uses_yarn():
+                raise UnsupportedModelError(
+                    "this context uses YaRN RoPE scaling, and llama.cpp's K-shift (which shift mode's "
+                    "llama_memory_seq_div runs) applies the YaRN magnitude to a shifted key a second time, "
+                    "so shift mode would compute wrong attention scores. Use mode='exact' (it handles YaRN), "
+                    "or no YaRN scaling.")
+            self._check_quantized_k_shift()
             self._shift = ShiftSchedule(params.group_size, params.window)
         else:
             from . import _api
 
             _api.set_self_extend(self._ctx.ctx, params)
+
+    def _check_sliding_window(self, params: SelfExtendParams) -> None:
+        """Refuse what SelfExtend cannot do right on a model with sliding-window attention (SWA).
+
+        The paper's rule: sliding-window layers stay local (stock), SelfExtend applies to the
+        full-attention layers. Exact mode does exactly that. Shift mode cannot: its
+        ``llama_memory_seq_div`` moves the cached keys of every layer, the sliding-window ones
+        included, so they would see grouped positions inside their window. A model whose layers
+        are all sliding-window never meets a distance beyond its window, so there is nothing to
+        extend. (Mistral GGUFs with arch ``llama`` are run by llama.cpp as full attention: the
+        ``sliding_window`` key is ignored and ``llama_model_n_swa`` is 0, so they pass.)
+        """
+        model = self._model.model
+        n_swa = llama_cpp.llama_model_n_swa(model)
+        if n_swa <= 0:
+            return
+        from . import _api
+
+        arch = self.metadata.get("general.architecture", "this model")
+        if not _api.has_self_extend_layers(self._ctx.ctx):
+            raise UnsupportedModelError(
+                f"every attention layer of {arch} is a sliding-window layer (window {n_swa}): no layer ever sees "
+                "a distance beyond its window, so the model needs no extension and SelfExtend would change "
+                "nothing. Use llama_cpp.Llama with the n_ctx you need.")
+        if params.mode == "shift":
+            raise UnsupportedModelError(
+                f"{arch} has sliding-window attention layers (window {n_swa}). Shift mode divides the cached "
+                "positions of every layer (llama_memory_seq_div), so its sliding-window layers would see grouped "
+                "positions inside their window, where SelfExtend keeps them stock. Use mode='exact': it applies "
+                "SelfExtend to the full-attention layers only.")
+
+    def _check_quantized_k_shift(self) -> None:
+        """The pinned llama.cpp crashes (null pointer in ``build_rope_shift``) when it shifts a
+        quantized K cache that has no Hadamard rotation: head size not a multiple of 64, or
+        ``LLAMA_ATTN_ROT_DISABLE`` set. Shift mode shifts the cache, so refuse that combination."""
+        type_k = int(self.context_params.type_k)
+        if type_k in (0, 1, 30):  # GGML_TYPE_F32, F16, BF16
+            return
+        arch = self.metadata.get("general.architecture", "")
+        model = self._model.model
+        head_k = int(self.metadata.get(f"{arch}.attention.key_length", 0) or
+                     llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model)))
+        rot_disabled = os.environ.get("LLAMA_ATTN_ROT_DISABLE", "0") not in ("", "0")
+        if head_k % 64 or rot_disabled:
+            raise UnsupportedModelError(
+                f"shift mode with a quantized K cache (type_k={type_k}) and attention heads of {head_k} dimensions "
+                f"{'(LLAMA_ATTN_ROT_DISABLE set) ' if rot_disabled else ''}would crash llama.cpp: its K-shift needs "
+                "the Hadamard rotation that only heads of a multiple of 64 dimensions get. Use an F16 K cache "
+                "(type_k=1) or mode='exact'.")
+
+    def _uses_yarn(self) -> bool:
+        """Whether the context's RoPE uses YaRN: asked for (``rope_scaling_type``) or, when not
+        given, from the GGUF's ``<arch>.rope.scaling.type``, as llama.cpp decides it."""
+        requested = int(self.context_params.rope_scaling_type)
+        if requested != llama_cpp.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED:
+            return requested == llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
+        arch = self.metadata.get("general.architecture", "")
+        return self.metadata.get(f"{arch}.rope.scaling.type", "") == "yarn"
 
     # -- evaluation ---------------------------------------------------------------------------
 

@@ -108,14 +108,14 @@ def load_model(path: str | Path) -> OracleModel:
     factor = _field(reader, f"{arch}.rope.scaling.factor")
     if factor is None:
         factor = _field(reader, f"{arch}.rope.scale_linear", 0.0)
-    if scaling_type not in ("linear", "none"):
+    if scaling_type not in ("linear", "none", "yarn"):
         raise ValueError(f"numpy oracle: rope scaling {scaling_type!r} not supported")
     freq_scale = 1.0 if not factor else 1.0 / float(factor)
     n_vocab = tensors["token_embd.weight"].shape[0]
     ff = tensors.get("rope_freqs.weight")
     n_ff = tensors["blk.0.ffn_down.weight"].shape[1]
 
-    return OracleModel(
+    model = OracleModel(
         path=path,
         arch=arch,
         n_layer=int(_field(reader, f"{arch}.block_count")),
@@ -136,6 +136,40 @@ def load_model(path: str | Path) -> OracleModel:
         rope_freq_factors=None if ff is None else ff.reshape(-1),
         tensors=tensors,
     )
+    if scaling_type == "yarn" and factor:
+        orig = _field(reader, f"{arch}.rope.scaling.original_context_length", model.n_ctx_train)
+        fold_yarn(model, float(factor), int(orig))
+    return model
+
+
+def fold_yarn(m: OracleModel, factor: float, n_ctx_orig: int, beta_fast: float = 32.0,
+              beta_slow: float = 1.0) -> OracleModel:
+    """Fold llama.cpp's YaRN (ggml rope_yarn with ext_factor 1) into ``m``, in place: the per-pair
+    angle that mixes interpolation and extrapolation becomes frequency factors, and the magnitude
+    1 + 0.1 ln(factor) that each roped q and k get becomes a scale of the query projection."""
+    import math
+
+    if m.rope_freq_factors is not None:
+        raise ValueError("numpy oracle: YaRN with rope frequency factors is not supported")
+    fs = 1.0 / factor
+    n = m.n_rot
+
+    def corr_dim(n_rot: float) -> float:
+        return n * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(m.freq_base))
+
+    lo = max(0.0, math.floor(corr_dim(beta_fast)))
+    hi = min(n - 1.0, math.ceil(corr_dim(beta_slow)))
+    k = np.arange(n // 2, dtype=np.float64)
+    ramp = 1.0 - np.clip((k - lo) / max(0.001, hi - lo), 0.0, 1.0)
+    mix = fs * (1.0 - ramp) + ramp  # theta = theta_extrapolated * mix
+    m.freq_scale = 1.0
+    m.rope_freq_factors = 1.0 / mix
+    mscale = 1.0 + 0.1 * math.log(factor)
+    for il in range(m.n_layer):
+        for name in (f"blk.{il}.attn_q.weight", f"blk.{il}.attn_q.bias"):
+            if name in m.tensors:
+                m.tensors[name] = m.tensors[name] * mscale**2
+    return m
 
 
 # ---------------------------------------------------------------------------------------------

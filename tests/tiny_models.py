@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_N_VOCAB",
     "write_tiny_model",
     "special_token_ids",
+    "write_tiny_gemma3",
 ]
 
 ARCHS = ("llama", "qwen2", "phi3")
@@ -108,6 +109,7 @@ def write_tiny_model(
     rope_theta: float = 10000.0,
     n_rot: int | None = None,
     rope_scaling_factor: float | None = None,
+    rope_scaling_type: str = "linear",
     rope_freq_factors: Sequence[float] | None = None,
     rms_eps: float = 1e-5,
     dtype: str = "f32",
@@ -115,6 +117,7 @@ def write_tiny_model(
     tie_embeddings: bool = False,
     qk_scale: float = 1.7,
     logit_scale: float = 2.0,
+    sliding_window: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random-weight GGUF model to `path` and return the path.
@@ -122,12 +125,16 @@ def write_tiny_model(
     n_rot: rotary dimensions (default head_dim); only ``arch="phi3"`` allows n_rot < head_dim.
     rope_scaling_factor: writes ``rope.scaling.type=linear`` and ``rope.scaling.factor`` (the
       loaded model then has freq_scale = 1/factor).
+    rope_scaling_type: "linear", or "yarn" (also writes ``rope.scaling.original_context_length`` =
+      context_length; llama.cpp then uses YaRN with ext_factor 1, beta_fast 32, beta_slow 1).
     rope_freq_factors: llama only, n_rot/2 values written as ``rope_freqs.weight`` (theta of pair
       k is divided by factor k, as for llama3).
     dtype: "f32", "f16" or "q8_0" for the matrices (norms and biases stay F32; q8_0 needs
       n_embd, n_ff and head sizes that are multiples of 32).
     qk_scale: std of the q/k elements (so attention scores have std about qk_scale**2).
     logit_scale: std of the logits.
+    sliding_window: writes ``<arch>.attention.sliding_window`` (as Mistral GGUFs converted to arch
+      llama carry it); the pinned llama.cpp ignores it for these archs (phi3 says so in its log).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
@@ -176,8 +183,16 @@ def write_tiny_model(
     w.add_rope_freq_base(float(rope_theta))
     w.add_layer_norm_rms_eps(float(rms_eps))
     w.add_vocab_size(n_vocab)
+    if sliding_window is not None:
+        w.add_sliding_window(sliding_window)
     if rope_scaling_factor is not None:
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        if rope_scaling_type == "yarn":
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_orig_ctx_len(context_length)
+        elif rope_scaling_type == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        else:
+            raise ValueError(f"rope_scaling_type must be 'linear' or 'yarn', not {rope_scaling_type!r}")
         w.add_rope_scaling_factor(float(rope_scaling_factor))
     w.add_file_type(int(ftype))
 
@@ -250,6 +265,100 @@ def write_tiny_model(
             mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
 
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny_gemma3(
+    path: str | Path,
+    *,
+    n_layer: int = 4,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    head_dim: int = 16,
+    n_ff: int = 96,
+    n_vocab: int = DEFAULT_N_VOCAB,
+    context_length: int = 64,
+    sliding_window: int | None = 8,
+    swa_pattern: int | Sequence[bool] = 2,
+    rope_theta: float = 10000.0,
+    rope_theta_swa: float | None = None,
+    zero_attn_out: Sequence[int] = (),
+    seed: int = 31,
+) -> Path:
+    """Write a tiny random gemma3 (rope NEOX, q/k RMS norms, post-attention/FFN norms, GELU FFN).
+
+    sliding_window: ``gemma3.attention.sliding_window`` (None: no SWA, every layer full attention).
+    swa_pattern: ``gemma3.attention.sliding_window_pattern``; an int n makes layer il sliding-window
+      unless ``il % n == n - 1`` (llama.cpp's set_swa_pattern; 0 = every layer), a list of bools
+      says it per layer (all True: a pure sliding-window model, Mistral-style).
+    rope_theta_swa: ``gemma3.rope.freq_base_swa``, the RoPE base of the sliding-window layers.
+    zero_attn_out: layers whose attention output projection is all zeros (their attention then
+      cannot change the result: used to see which layers' attention a setting changes).
+    """
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_name("selfextend-gguf tiny gemma3 test model")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(float(rope_theta))
+    w.add_layer_norm_rms_eps(1e-6)
+    if sliding_window is not None:
+        w.add_sliding_window(sliding_window)
+        if isinstance(swa_pattern, int):
+            w.add_uint32("gemma3.attention.sliding_window_pattern", swa_pattern)
+        else:
+            w.add_array("gemma3.attention.sliding_window_pattern", [bool(x) for x in swa_pattern])
+        if rope_theta_swa is not None:
+            w.add_float32("gemma3.rope.freq_base_swa", float(rope_theta_swa))
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    tokens, scores, types = _spm_vocab(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def mat(name: str, rows: int, cols: int, std: float) -> None:
+        w.add_tensor(name, (rng.standard_normal((rows, cols)) * std).astype(np.float32))
+
+    def vec(name: str, n: int, mean: float = 1.0, std: float = 0.1) -> None:
+        w.add_tensor(name, (mean + rng.standard_normal(n) * std).astype(np.float32))
+
+    # embeddings are scaled by sqrt(n_embd) in the graph; q/k are RMS-normed per head, so the
+    # attention scores have the scale of the q/k norm weights (x 1/sqrt(head_dim))
+    mat("token_embd.weight", n_vocab, n_embd, 1.0 / np.sqrt(n_embd))
+    vec("output_norm.weight", n_embd)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        vec(p + "attn_norm.weight", n_embd)
+        mat(p + "attn_q.weight", n_head * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "attn_k.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "attn_v.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
+        vec(p + "attn_q_norm.weight", head_dim, 2.0, 0.3)
+        vec(p + "attn_k_norm.weight", head_dim, 2.0, 0.3)
+        mat(p + "attn_output.weight", n_embd, n_head * head_dim, 0.0 if il in zero_attn_out else 1.0 / np.sqrt(n_head * head_dim))
+        vec(p + "post_attention_norm.weight", n_embd)
+        vec(p + "ffn_norm.weight", n_embd)
+        mat(p + "ffn_gate.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+        vec(p + "post_ffw_norm.weight", n_embd)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,0 +1,147 @@
+"""Walk the ggml graph that llama.cpp computes, through the scheduler's eval callback.
+
+`collect_ops()` decodes tokens on a fresh context whose ``cb_eval`` records, for every graph node
+the CPU backend is about to compute, ``(op, type, src0 type, src1 type)`` with ggml's own names
+(``ggml_op_desc``: the op name, or the unary/GLU name for UNARY/GLU nodes; ``ggml_type_name``).
+The callback answers ``False`` when asked, so it sees every node without forcing a synchronisation
+per node (ggml_backend_sched_compute_splits asks node after node until one is wanted).
+
+`ggml_tensor` is read through a minimal ctypes mirror of the struct in the pinned
+``ggml/include/ggml.h`` (GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10, GGML_MAX_NAME 64);
+only the fields before ``src`` and ``src`` itself are read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Set, Tuple
+
+OpKey = Tuple[str, str, Optional[str], Optional[str]]
+
+GGML_MAX_DIMS = 4
+GGML_MAX_OP_PARAMS = 64
+GGML_MAX_SRC = 10
+GGML_MAX_NAME = 64
+
+
+class GgmlTensor(ctypes.Structure):
+    """The head of ``struct ggml_tensor`` (pinned ggml.h), enough to read op, type and sources."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
+        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * GGML_MAX_SRC),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * GGML_MAX_NAME),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+@lru_cache(maxsize=None)
+def _ggml_base(lib_dir: str) -> ctypes.CDLL:
+    names = ["libggml-base.so", "libggml-base.dylib", "ggml-base.dll"]
+    for name in names:
+        p = Path(lib_dir) / name
+        if p.exists():
+            lib = ctypes.CDLL(str(p))
+            break
+    else:
+        raise FileNotFoundError(f"no libggml-base in {lib_dir}")
+    lib.ggml_op_desc.restype = ctypes.c_char_p
+    lib.ggml_op_desc.argtypes = [ctypes.c_void_p]
+    lib.ggml_type_name.restype = ctypes.c_char_p
+    lib.ggml_type_name.argtypes = [ctypes.c_int]
+    return lib
+
+
+def collect_ops(
+    lc,
+    model,
+    batches: Sequence[Sequence[int]],
+    *,
+    self_extend: Tuple[int, int, int],
+    n_ctx: int = 256,
+    n_ubatch: int = 64,
+    type_k: int = 0,
+    type_v: int = 0,
+    flash_attn: bool = False,
+    **ctx_params,
+) -> Set[OpKey]:
+    """Decode ``batches`` (token lists, one llama_decode each, sequence 0, consecutive positions)
+    on a new context of ``model`` (a llama_model pointer) with ``llama_set_self_extend(*self_extend)``
+    and return the set of node keys ``(op, type, src0 type, src1 type)`` computed on the way.
+
+    Extra ``ctx_params`` are set on ``llama_context_params`` (e.g. ``rope_scaling_type``)."""
+    base = _ggml_base(str(Path(lc.llama_cpp._base_path)))
+    seen: Set[OpKey] = set()
+
+    def tname(ptr: Optional[int]) -> Optional[str]:
+        return base.ggml_type_name(GgmlTensor.from_address(ptr).type).decode() if ptr else None
+
+    @lc.ggml_backend_sched_eval_callback
+    def callback(t, ask, user_data):  # noqa: ARG001
+        if ask:
+            x = GgmlTensor.from_address(t)
+            seen.add((base.ggml_op_desc(t).decode(), tname(t), tname(x.src[0]), tname(x.src[1])))
+        return False
+
+    p = lc.llama_context_default_params()
+    p.n_ctx = n_ctx
+    p.n_batch = max(n_ubatch, max(len(b) for b in batches))
+    p.n_ubatch = n_ubatch
+    p.n_seq_max = 1
+    p.type_k = type_k
+    p.type_v = type_v
+    p.flash_attn_type = 1 if flash_attn else 0
+    p.n_threads = 1
+    p.n_threads_batch = 1
+    p.cb_eval = callback
+    for k, v in ctx_params.items():
+        setattr(p, k, v)
+    ctx = lc.llama_init_from_model(model, p)
+    if not ctx:
+        raise RuntimeError("llama_init_from_model failed")
+    lib = lc.llama_cpp._lib
+    lib.llama_set_self_extend.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int32, ctypes.c_int32]
+    lib.llama_set_self_extend.restype = ctypes.c_int32
+    batch = lc.llama_batch_init(max(len(b) for b in batches), 0, 1)
+    try:
+        rc = lib.llama_set_self_extend(ctx, *self_extend)
+        if rc != 0:
+            raise RuntimeError(f"llama_set_self_extend{self_extend} returned {rc}")
+        pos = 0
+        for part in batches:
+            batch.n_tokens = len(part)
+            for i, t in enumerate(part):
+                batch.token[i] = int(t)
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+                pos += 1
+            rc = lc.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+    return seen
+
+
+def format_key(key: OpKey) -> str:
+    op, t, s0, s1 = key
+    return f"{op}: {s0 or '-'}, {s1 or '-'} -> {t}"
+
+
+def format_keys(keys: Iterable[OpKey]) -> str:
+    return "\n".join("  " + format_key(k) for k in sorted(keys, key=lambda k: tuple(x or "" for x in k)))

@@ -1,0 +1,141 @@
+"""The ops of the exact-mode graph stay inside the audited table of docs/backend-audit.md.
+
+docs/backend-audit.md lists, between its ``ops-table`` markers, every (op, src0, src1, dst)
+combination that exact mode may create, with the CPU/CUDA/Metal ``supports_op`` code that accepts
+it. These tests parse that table (the one place it lives) and walk the graph that actually runs
+on the CPU (tests/graph_ops.py, through the scheduler's eval callback): prompt batches and
+token-by-token decoding, F32/F16/q8_0/q4_0 caches, flash attention on and off, rope NORM/NEOX,
+partial rotary, frequency factors, YaRN, a Hadamard-rotated quantized K and an iSWA model. A node
+that exact mode computes and the stock graph of the same model and cache does not must be in the
+table; otherwise the audit is out of date (add the row after checking the three backends).
+Run with ``-s`` to see the ops each configuration adds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graph_ops import OpKey, collect_ops, format_keys
+from tiny_models import write_tiny_gemma3, write_tiny_model
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "backend-audit.md"
+
+F32, F16, Q4_0, Q8_0 = 0, 1, 2, 8
+
+SE_EXACT = (1, 4, 8)  # llama_set_self_extend(mode EXACT, G 4, W 8)
+SE_OFF = (0, 1, 1)
+
+
+def audited_ops() -> set:
+    """The (op, dst, src0, src1) keys of the table in docs/backend-audit.md (lower-case type names,
+    None for a missing source), the product of the listed types of each row."""
+    text = DOC.read_text()
+    m = re.search(r"<!-- ops-table:start -->(.*?)<!-- ops-table:end -->", text, re.S)
+    assert m, f"{DOC} has no ops-table markers"
+    keys = set()
+    rows = [r for r in m.group(1).strip().splitlines() if r.startswith("|")][2:]  # header, rule
+    assert rows, "the audit table is empty"
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        assert len(cells) == 8, f"malformed audit row: {row}"
+        op, src0, src1, dst = cells[:4]
+
+        def types(cell):
+            return [None] if cell == "-" else [t.strip() for t in cell.split(",")]
+
+        for s0, s1 in itertools.product(types(src0), types(src1)):
+            for d in ([s0] if dst == "=" else types(dst)):
+                keys.add((op, d, s0, s1))
+    return keys
+
+
+def test_audit_table_parses():
+    keys = audited_ops()
+    ops = {k[0] for k in keys}
+    # the ops the lead asked to have audited for the next graph, and the ones in use
+    for op in ("ROPE", "GET_ROWS", "SET_ROWS", "MUL_MAT", "CONCAT", "CPY", "CONT", "SOFT_MAX", "ADD",
+               "SUB", "MUL", "NEG", "SCALE", "TANH", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"):
+        assert op in ops, op
+    assert ("GET_ROWS", "f32", "q4_0", "i32") in keys
+    assert ("VIEW", "f16", "f16", None) in keys and ("VIEW", "f32", "f16", None) not in keys
+
+
+@pytest.fixture(scope="module")
+def lc():
+    from selfextend_gguf import load_llama_cpp
+
+    return load_llama_cpp()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audit")
+    return {
+        "llama": write_tiny_model(d / "llama.gguf", arch="llama", seed=1),
+        "phi3": write_tiny_model(d / "phi3.gguf", arch="phi3", n_rot=8, n_head_kv=1, seed=3),
+        "llama_scaled": write_tiny_model(d / "llama_scaled.gguf", arch="llama", rope_scaling_factor=2.0,
+                                         rope_freq_factors=[1.0, 1.0, 2.0, 4.0, 8.0, 8.0, 16.0, 32.0], seed=6),
+        "llama_hd32": write_tiny_model(d / "llama_hd32.gguf", arch="llama", n_embd=128, n_head=4, n_head_kv=2,
+                                       seed=4),
+        # head_dim 64: a quantized K cache is Hadamard-rotated
+        "qwen2_hd64": write_tiny_model(d / "qwen2_hd64.gguf", arch="qwen2", n_embd=128, n_head=2, n_head_kv=1,
+                                       seed=5),
+        "gemma3_iswa": write_tiny_gemma3(d / "gemma3.gguf", head_dim=32, n_embd=64, n_head=2, n_head_kv=1),
+    }
+
+
+CACHES = {  # name: (type_k, type_v, flash_attn)
+    "f32": (F32, F32, False),
+    "f16": (F16, F16, False),
+    "f16 flash": (F16, F16, True),
+    "q8_0 K": (Q8_0, F16, False),
+    "q8_0 flash": (Q8_0, Q8_0, True),
+    "q4_0 flash": (Q4_0, Q4_0, True),
+}
+
+CONFIGS = [
+    *[("llama", c) for c in ("f32", "f16", "f16 flash")],
+    ("phi3", "f32"),
+    ("llama_scaled", "f32"),
+    ("llama_scaled", "yarn"),
+    *[("llama_hd32", c) for c in ("q8_0 K", "q4_0 flash")],
+    *[("qwen2_hd64", c) for c in ("f16", "q8_0 K", "q8_0 flash", "q4_0 flash")],
+    *[("gemma3_iswa", c) for c in ("f32", "f16 flash", "q8_0 flash")],
+]
+
+
+@pytest.mark.parametrize("model,cache", CONFIGS)
+def test_exact_graph_ops_are_audited(lc, models, model, cache):
+    path = models[model]
+    extra = {}
+    if cache == "yarn":
+        type_k, type_v, fa = F32, F32, False
+        extra = dict(rope_scaling_type=2, rope_freq_scale=0.5, yarn_orig_ctx=64)
+    else:
+        type_k, type_v, fa = CACHES[cache]
+    toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 80)]
+    # a prompt past W (two ubatches), then two single-token decodes
+    batches = [toks[:70], toks[70:71], toks[71:72]]
+    llm = lc.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)  # initialises the backend
+    model_ptr = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+    assert model_ptr
+    try:
+        kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=64, **extra)
+        exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, **kw)
+        stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, **kw)
+    finally:
+        lc.llama_model_free(model_ptr)
+        llm.close()
+    added = exact - stock
+    print(f"\n[audit] {model} {cache}: ops exact mode adds to the stock graph:\n{format_keys(added)}")
+    # the self-extend graph was really built (a concat of gathered and cached keys, and a gather)
+    assert any(k[0] == "CONCAT" for k in added) and any(k[0] in ("GET_ROWS", "SET_ROWS") for k in exact)
+    missing: set[OpKey] = added - audited_ops()
+    assert not missing, (
+        f"exact mode computes ops that docs/backend-audit.md does not list (check the CPU, CUDA and Metal "
+        f"supports_op for them and add rows):\n{format_keys(missing)}")
