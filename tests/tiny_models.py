@@ -115,6 +115,7 @@ def write_tiny_model(
     tie_embeddings: bool = False,
     qk_scale: float = 1.7,
     logit_scale: float = 2.0,
+    chat_template: str | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random-weight GGUF model to `path` and return the path.
@@ -128,6 +129,8 @@ def write_tiny_model(
       n_embd, n_ff and head sizes that are multiples of 32).
     qk_scale: std of the q/k elements (so attention scores have std about qk_scale**2).
     logit_scale: std of the logits.
+    chat_template: a Jinja template written as ``tokenizer.chat_template`` (llama-cpp-python
+      then formats chats with it, as it does a real model's).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
@@ -207,6 +210,8 @@ def write_tiny_model(
     else:
         raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
     assert len(tokens) == n_vocab
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def mat(name: str, rows: int, cols: int, std: float) -> None:
         a = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
