@@ -46,3 +46,7 @@ class PromptCancelled(SelfExtendError):
 
     The tokens evaluated so far stay cached and consistent; the next call reuses them.
     """
+
+
+class MissingExtraError(SelfExtendError, ImportError):
+    """An optional feature's dependencies are not installed (e.g. the server's: the ``server`` extra)."""

@@ -13,7 +13,6 @@ import pytest
 
 import numpy_oracle as no
 from selfextend_gguf import LongLlama, PromptCancelled, load_llama_cpp
-from tiny_models import write_tiny_model
 
 llama_cpp = load_llama_cpp()
 
@@ -21,18 +20,13 @@ MODES = ("shift", "exact")
 G, W = 4, 16  # reach on a 64-token model: (64 - 16) * 4 + 16 = 208
 N_CTX = 200
 F32 = 0
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}### assistant:{% endif %}"
-)
 LONG_TEXT = ("the quick brown fox jumps over the lazy dog, then runs far away into the woods. " * 2)[:150]
 
 
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
+@pytest.fixture
+def chat_model(tiny_chat_path):
     """tiny llama (trained context 64) that carries a chat template in its GGUF metadata."""
-    return write_tiny_model(tmp_path_factory.mktemp("chat") / "chat.gguf", arch="llama",
-                            chat_template=CHAT_TEMPLATE, seed=11)
+    return tiny_chat_path
 
 
 def _opts(**kwargs) -> dict:
