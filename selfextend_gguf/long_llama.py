@@ -189,7 +189,7 @@ class LongLlama(llama_cpp.Llama):
         except ValueError as e:
             if isinstance(e, SelfExtendError) or "exceed context window" not in str(e):
                 raise
-            raise ContextLengthError(f"{e} (n_ctx). {self._context_fix()}") from e
+            raise ContextLengthError(f"{e} (n_ctx={self._n_ctx}). {self._context_fix()}") from e
 
     def _decode(self, batch: List[int], n_past: int, pos: int) -> None:
         """Decode ``batch`` (tokens ``n_past..``) at cache positions ``pos..`` and record it like Llama.eval."""
