@@ -12,6 +12,7 @@ from ._native import NativeLibraryError, load_llama_cpp
 from ._pinned import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from .errors import (
     ContextLengthError,
+    InvalidTokenError,
     ModelFileError,
     ModelNotFoundError,
     PromptCancelled,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ContextLengthError",
     "DEFAULT_MODE",
+    "InvalidTokenError",
     "LLAMA_CPP_COMMIT",
     "LLAMA_CPP_PYTHON_VERSION",
     "LongLlama",

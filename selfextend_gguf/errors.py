@@ -50,3 +50,7 @@ class PromptCancelled(SelfExtendError):
 
 class MissingExtraError(SelfExtendError, ImportError):
     """An optional feature's dependencies are not installed (e.g. the server's: the ``server`` extra)."""
+
+
+class InvalidTokenError(SelfExtendError, ValueError):
+    """A token id outside the model's vocabulary, or an empty token-list prompt."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
@@ -12,6 +13,7 @@ import numpy as np
 from ._native import load_llama_cpp
 from .errors import (
     ContextLengthError,
+    InvalidTokenError,
     ModelFileError,
     PromptCancelled,
     SelfExtendConfigError,
@@ -83,6 +85,7 @@ class LongLlama(llama_cpp.Llama):
             n_ctx = info.n_ctx_train  # llama.cpp's meaning of 0
         params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode=mode)
         self.self_extend: SelfExtendParams = params
+        self._requested_n_ctx = n_ctx if isinstance(n_ctx, int) else None
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
         super().__init__(model_path=str(model_path), **kwargs)
@@ -92,6 +95,18 @@ class LongLlama(llama_cpp.Llama):
         except Exception:
             self.close()
             raise
+
+    def n_ctx(self) -> int:
+        """The context size: the ``n_ctx`` asked for, not llama.cpp's padded one.
+
+        llama.cpp rounds the cache up (to 256 cells); ``Llama`` then sizes its token and
+        logit buffers by the requested ``n_ctx`` but lets prompts and generation run to
+        the padded size, silently dropping tokens from ``input_ids`` past the request.
+        The request is also what ``group_size`` and ``window`` were validated for.
+        """
+        padded = super().n_ctx()
+        requested = getattr(self, "_requested_n_ctx", None)
+        return min(padded, requested) if requested else padded
 
     def _check_model(self) -> None:
         model = self._model.model
@@ -132,6 +147,10 @@ class LongLlama(llama_cpp.Llama):
             PromptCancelled: the progress callback returned ``False``.
         """
         tokens = [int(t) for t in tokens]
+        bad = next((t for t in tokens if not 0 <= t < self._n_vocab), None)
+        if bad is not None:  # llama_decode would only say "returned -1"
+            raise InvalidTokenError(f"token id {bad} is not in this model's vocabulary (ids 0..{self._n_vocab - 1}); "
+                                    "make prompts with llm.tokenize(text.encode()) or pass text.")
         total = self.n_tokens + len(tokens)
         if total > self._n_ctx:
             raise ContextLengthError(
@@ -183,13 +202,21 @@ class LongLlama(llama_cpp.Llama):
                 "leave group_size unset and LongLlama picks one that reaches the n_ctx you ask for).")
 
     def _create_completion(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        """:meth:`llama_cpp.Llama._create_completion`, with the fix added to its context-length error."""
+        """:meth:`llama_cpp.Llama._create_completion`, with clearer errors for an empty token prompt
+        and for a prompt longer than ``n_ctx``."""
+        prompt = kwargs.get("prompt", args[0] if args else None)
+        if isinstance(prompt, list) and not prompt:
+            raise InvalidTokenError("the prompt is an empty token list, so there is nothing to continue from; "
+                                    "pass at least one token (e.g. [llm.token_bos()]) or a string.")
         try:
             return (yield from super()._create_completion(*args, **kwargs))
         except ValueError as e:
-            if isinstance(e, SelfExtendError) or "exceed context window" not in str(e):
+            m = re.match(r"Requested tokens \((\d+)\) exceed context window", str(e))
+            if isinstance(e, SelfExtendError) or not m:
                 raise
-            raise ContextLengthError(f"{e} (n_ctx={self._n_ctx}). {self._context_fix()}") from e
+            # Llama names llama.cpp's padded size; the limit is n_ctx (the server parses this wording)
+            raise ContextLengthError(f"Requested tokens ({m[1]}) exceed context window of {self._n_ctx} "
+                                     f"(n_ctx={self._n_ctx}). {self._context_fix()}") from e
 
     def _decode(self, batch: List[int], n_past: int, pos: int) -> None:
         """Decode ``batch`` (tokens ``n_past..``) at cache positions ``pos..`` and record it like Llama.eval."""

@@ -142,6 +142,25 @@ def test_stop_sequences(chat_model, mode):
     llm.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("logits_all", [True, False])
+def test_generation_runs_to_n_ctx_cleanly(chat_model, mode, logits_all):
+    """max_tokens=None generates until n_ctx and stops with "length"; every token is kept.
+
+    llama.cpp pads the cache to 256 cells; llama_cpp.Llama sizes its buffers by the requested
+    n_ctx but runs on to 256 (ValueError with logits_all, silently dropped tokens without).
+    """
+    llm = _long(chat_model, mode, logits_all=logits_all)
+    assert llm.n_ctx() == N_CTX
+    out = llm.create_completion(LONG_TEXT, max_tokens=None, **_greedy())
+    assert out["usage"]["total_tokens"] == N_CTX and out["choices"][0]["finish_reason"] == "length"
+    prompt = llm.tokenize(LONG_TEXT.encode())
+    assert llm.input_ids[: len(prompt)].tolist() == prompt and llm.n_tokens == N_CTX - 1
+    kept = llm.detokenize(llm.input_ids[len(prompt) : llm.n_tokens].tolist()).decode()
+    assert len(kept) > 20 and out["choices"][0]["text"].startswith(kept)  # the last token is sampled, not evaluated
+    llm.close()
+
+
 # -- chat ---------------------------------------------------------------------------------------
 
 

@@ -153,6 +153,7 @@ def test_prompt_too_long_is_a_clean_400(served):
     server, expected = served
     status, body = server.post("/v1/completions", _completion("ab " * 150))
     assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+    assert f"maximum context length is {N_CTX} tokens" in body["error"]["message"], body
     status, body = server.post("/v1/completions", _completion(PROMPTS[0]))
     assert status == 200 and body["choices"][0]["text"] == expected[PROMPTS[0]]
 
