@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="context size in tokens (default: twice the model's trained length)")
     p.add_argument("--n-batch", type=int, default=512, help="prompt batch size (default: %(default)s)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU, -1 for all")
+    p.add_argument("--chat-format", default=None, help="chat format (default: the GGUF's chat template)")
     p.add_argument("--system", default=None, help="a system message that starts the conversation")
     p.add_argument("--max-tokens", type=int, default=512, help="longest reply in tokens (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 for greedy")
@@ -118,7 +119,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     bar = PromptProgressBar(args.progress_min)
     llm = LongLlama(model, group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
                     n_ctx=n_ctx, n_batch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
-                    n_gpu_layers=args.n_gpu_layers, progress_callback=bar, verbose=args.verbose)
+                    n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, progress_callback=bar,
+                    verbose=args.verbose)
     p = llm.self_extend
     print(f"{info.name or model}: {info.arch}, trained on {info.n_ctx_train} tokens; n_ctx={llm.n_ctx()}, "
           f"self-extend {p.mode} G={p.group_size} W={p.window} (reach {p.reach}); chat format {llm.chat_format}\n"
