@@ -11,8 +11,11 @@ with it; import it before ``llama_cpp``.
 from ._native import NativeLibraryError, load_llama_cpp
 from ._pinned import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from .errors import (
+    ContextLengthError,
+    InvalidTokenError,
     ModelFileError,
     ModelNotFoundError,
+    PromptCancelled,
     SelfExtendConfigError,
     SelfExtendError,
     UnsupportedModelError,
@@ -21,19 +24,23 @@ from .params import SelfExtendParams, choose_parameters, max_context
 
 load_llama_cpp()
 
-from .long_llama import DEFAULT_MODE, LongLlama  # noqa: E402  (needs the library loaded first)
+from .long_llama import DEFAULT_MODE, LongLlama, ProgressCallback  # noqa: E402  (needs the library loaded first)
 from .models import default_model_path  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContextLengthError",
     "DEFAULT_MODE",
+    "InvalidTokenError",
     "LLAMA_CPP_COMMIT",
     "LLAMA_CPP_PYTHON_VERSION",
     "LongLlama",
     "ModelFileError",
     "ModelNotFoundError",
+    "ProgressCallback",
     "NativeLibraryError",
+    "PromptCancelled",
     "SelfExtendConfigError",
     "SelfExtendError",
     "SelfExtendParams",

@@ -53,7 +53,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     answer, secs = _run_passkey(stock, prompt)
     rows.append(("stock llama.cpp", "-", answer, found(answer, key), secs))
     stock.close()
-    llm = LongLlama(model, **long_kwargs, **common)
+    from .progress import PromptProgressBar
+
+    llm = LongLlama(model, **long_kwargs, **common, progress_callback=PromptProgressBar(desc="self-extend prompt"))
     p = llm.self_extend
     answer, secs = _run_passkey(llm, prompt)
     rows.append((f"self-extend ({p.mode})", f"G={p.group_size} W={p.window}", answer, found(answer, key), secs))
@@ -75,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--depth", type=float, default=0.5, help="where the key is hidden, 0..1 (default: 0.5)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the random pass key")
     demo.set_defaults(func=cmd_demo)
+
+    from . import chat, server_cli
+
+    serve = sub.add_parser("serve", help=server_cli.cmd_serve.__doc__)
+    _add_model_args(serve)
+    server_cli.add_arguments(serve)
+    serve.set_defaults(func=server_cli.cmd_serve)
+    chat_parser = sub.add_parser("chat", help=chat.cmd_chat.__doc__)
+    _add_model_args(chat_parser)
+    chat.add_arguments(chat_parser)
+    chat_parser.set_defaults(func=chat.cmd_chat)
     return parser
 
 

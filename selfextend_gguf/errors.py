@@ -30,3 +30,27 @@ class UnsupportedModelError(SelfExtendError, ValueError):
 
 class SelfExtendConfigError(SelfExtendError, ValueError):
     """``group_size``, ``window``, ``mode`` or ``n_ctx`` are invalid for this model."""
+
+
+class ContextLengthError(SelfExtendError, ValueError):
+    """The tokens to evaluate do not fit in the context (``n_ctx``).
+
+    Its message starts like llama-cpp-python's own ("Requested tokens (N) exceed
+    context window of M") where that applies, so the OpenAI-compatible server still
+    answers it with a ``context_length_exceeded`` error.
+    """
+
+
+class PromptCancelled(SelfExtendError):
+    """The ``progress_callback`` returned ``False``: prompt evaluation stopped between two batches.
+
+    The tokens evaluated so far stay cached and consistent; the next call reuses them.
+    """
+
+
+class MissingExtraError(SelfExtendError, ImportError):
+    """An optional feature's dependencies are not installed (e.g. the server's: the ``server`` extra)."""
+
+
+class InvalidTokenError(SelfExtendError, ValueError):
+    """A token id outside the model's vocabulary, or an empty token-list prompt."""

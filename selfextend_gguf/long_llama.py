@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ._native import load_llama_cpp
-from .errors import ModelFileError, SelfExtendConfigError, UnsupportedModelError
+from .errors import (
+    ContextLengthError,
+    InvalidTokenError,
+    ModelFileError,
+    PromptCancelled,
+    SelfExtendConfigError,
+    SelfExtendError,
+    UnsupportedModelError,
+)
 from .gguf_info import read_model_info
 from .params import SelfExtendParams, choose_parameters
 from .shift import ShiftSchedule
@@ -19,6 +28,9 @@ llama_cpp = load_llama_cpp()
 
 #: the mode used when the caller names none
 DEFAULT_MODE = "shift"
+
+#: ``progress_callback(n_done, n_total)``; returning ``False`` (not ``None``) cancels the evaluation
+ProgressCallback = Callable[[int, int], Optional[bool]]
 
 
 class LongLlama(llama_cpp.Llama):
@@ -33,6 +45,14 @@ class LongLlama(llama_cpp.Llama):
         mode: ``"shift"`` (grouped-position KV shifting, as llama.cpp's
             ``--grp-attn-n`` tools do it) or ``"exact"`` (the paper's per-query
             bi-level attention inside the llama.cpp graph).
+        progress_callback: Called as ``progress_callback(n_done, n_total)`` after
+            every decoded batch while a prompt is evaluated (any :meth:`eval` of more
+            than one token; generation's one-token steps do not report). ``n_done``
+            counts the tokens of the sequence now in the cache (a reused prefix
+            included) and ends at ``n_total``, the prompt length. Returning ``False``
+            stops the evaluation between two batches with :class:`PromptCancelled`;
+            what was evaluated stays cached. Also settable later as the
+            :attr:`progress_callback` attribute.
         **kwargs: Everything :class:`llama_cpp.Llama` accepts (``n_ctx``,
             ``n_batch``, ``n_gpu_layers``, ``chat_format``, ...).
 
@@ -42,6 +62,7 @@ class LongLlama(llama_cpp.Llama):
         ModelNotFoundError, ModelFileError: the file is missing, not GGUF, or damaged.
         UnsupportedModelError: the model has no RoPE attention, or recurrent memory.
         SelfExtendConfigError: ``group_size``/``window``/``mode``/``n_ctx`` cannot work for the model.
+        ContextLengthError: (later) a prompt or generation longer than ``n_ctx``.
     """
 
     def __init__(
@@ -51,14 +72,20 @@ class LongLlama(llama_cpp.Llama):
         group_size: Optional[int] = None,
         window: Optional[int] = None,
         mode: str = DEFAULT_MODE,
+        progress_callback: Optional[ProgressCallback] = None,
         **kwargs: Any,
     ):
+        if progress_callback is not None and not callable(progress_callback):
+            raise TypeError(f"progress_callback must be a callable (n_done, n_total) -> bool | None, "
+                            f"got {type(progress_callback).__name__}")
+        self.progress_callback: Optional[ProgressCallback] = progress_callback
         info = read_model_info(model_path)
         n_ctx = kwargs.get("n_ctx", 512)
         if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx == 0:
             n_ctx = info.n_ctx_train  # llama.cpp's meaning of 0
         params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode=mode)
         self.self_extend: SelfExtendParams = params
+        self._requested_n_ctx = n_ctx if isinstance(n_ctx, int) else None
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
         super().__init__(model_path=str(model_path), **kwargs)
@@ -68,6 +95,18 @@ class LongLlama(llama_cpp.Llama):
         except Exception:
             self.close()
             raise
+
+    def n_ctx(self) -> int:
+        """The context size: the ``n_ctx`` asked for, not llama.cpp's padded one.
+
+        llama.cpp rounds the cache up (to 256 cells); ``Llama`` then sizes its token and
+        logit buffers by the requested ``n_ctx`` but lets prompts and generation run to
+        the padded size, silently dropping tokens from ``input_ids`` past the request.
+        The request is also what ``group_size`` and ``window`` were validated for.
+        """
+        padded = super().n_ctx()
+        requested = getattr(self, "_requested_n_ctx", None)
+        return min(padded, requested) if requested else padded
 
     def _check_model(self) -> None:
         model = self._model.model
@@ -168,10 +207,29 @@ class LongLlama(llama_cpp.Llama):
 
         In shift mode each full block of ``window`` cached tokens has its
         positions divided by ``group_size`` before the next token is evaluated.
+
+        Raises:
+            ContextLengthError: the tokens would not fit in ``n_ctx``; nothing is evaluated.
+            PromptCancelled: the progress callback returned ``False``.
         """
+        tokens = [int(t) for t in tokens]
+        bad = next((t for t in tokens if not 0 <= t < self._n_vocab), None)
+        if bad is not None:  # llama_decode would only say "returned -1"
+            raise InvalidTokenError(f"token id {bad} is not in this model's vocabulary (ids 0..{self._n_vocab - 1}); "
+                                    "make prompts with llm.tokenize(text.encode()) or pass text.")
+        total = self.n_tokens + len(tokens)
+        if total > self._n_ctx:
+            raise ContextLengthError(
+                f"{total} tokens ({self.n_tokens} cached + {len(tokens)} new) exceed the context window "
+                f"n_ctx={self._n_ctx}. {self._context_fix()}")
+        report = self.progress_callback if len(tokens) > 1 else None
         if self._shift is None:
-            super().eval(tokens)
-            self._n_cached = self.n_tokens
+            if not tokens:
+                super().eval(tokens)
+            for i in range(0, len(tokens), self.n_batch):
+                super().eval(tokens[i : i + self.n_batch])
+                self._n_cached = self.n_tokens
+                self._report(report, total)
             return
         schedule = self._shift
         start = schedule.truncation(self.n_tokens, self._n_cached)
@@ -190,6 +248,41 @@ class LongLlama(llama_cpp.Llama):
             self.n_tokens = self._n_cached = end
             if end % schedule.window == 0:
                 self._compress_block(end // schedule.window - 1)
+            self._report(report, total)
+
+    def _report(self, callback: Optional[ProgressCallback], total: int) -> None:
+        """Tell ``callback`` how far the evaluation is; stop cleanly if it answers ``False``."""
+        if callback is not None and callback(self.n_tokens, total) is False:
+            raise PromptCancelled(
+                f"prompt evaluation cancelled by progress_callback at {self.n_tokens} of {total} tokens; "
+                "the evaluated tokens stay cached and the next call reuses them.")
+
+    def _context_fix(self) -> str:
+        """The advice that ends a context-length error: how large n_ctx may be, and how to get there."""
+        p = self.self_extend
+        if p.enabled:
+            reach = f"group_size={p.group_size}, window={p.window} reach {p.reach} tokens on this model"
+        else:
+            reach = f"without grouping (group_size=1) this model reaches its trained {p.n_ctx_train} tokens"
+        return (f"Shorten the prompt (or max_tokens), or create the LongLlama with a larger n_ctx ({reach}; "
+                "leave group_size unset and LongLlama picks one that reaches the n_ctx you ask for).")
+
+    def _create_completion(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """:meth:`llama_cpp.Llama._create_completion`, with clearer errors for an empty token prompt
+        and for a prompt longer than ``n_ctx``."""
+        prompt = kwargs.get("prompt", args[0] if args else None)
+        if isinstance(prompt, list) and not prompt:
+            raise InvalidTokenError("the prompt is an empty token list, so there is nothing to continue from; "
+                                    "pass at least one token (e.g. [llm.token_bos()]) or a string.")
+        try:
+            return (yield from super()._create_completion(*args, **kwargs))
+        except ValueError as e:
+            m = re.match(r"Requested tokens \((\d+)\) exceed context window", str(e))
+            if isinstance(e, SelfExtendError) or not m:
+                raise
+            # Llama names llama.cpp's padded size; the limit is n_ctx (the server parses this wording)
+            raise ContextLengthError(f"Requested tokens ({m[1]}) exceed context window of {self._n_ctx} "
+                                     f"(n_ctx={self._n_ctx}). {self._context_fix()}") from e
 
     def _decode(self, batch: List[int], n_past: int, pos: int) -> None:
         """Decode ``batch`` (tokens ``n_past..``) at cache positions ``pos..`` and record it like Llama.eval."""

@@ -30,3 +30,17 @@ def tiny_phi3_path(tmp_path_factory) -> Path:
     return write_tiny_model(
         tmp_path_factory.mktemp("tiny") / "phi3.gguf", arch="phi3", n_rot=8, n_head_kv=1, seed=3
     )
+
+
+#: a minimal chat template (plain-text role headers) for the tiny chat model
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_path(tmp_path_factory) -> Path:
+    """tiny llama (trained context 64) carrying TINY_CHAT_TEMPLATE as tokenizer.chat_template."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "chat.gguf", arch="llama",
+                            chat_template=TINY_CHAT_TEMPLATE, seed=11)

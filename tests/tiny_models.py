@@ -95,6 +95,35 @@ def _bpe_vocab(n_vocab: int) -> tuple[list[str], list[str], list[int]]:
     return tokens, merges, [int(t) for t in types]
 
 
+def _write_tokenizer(w: gguf.GGUFWriter, tokenizer: str, n_vocab: int) -> None:
+    """Write the "spm" or "bpe" test vocabulary (see the module docstring) to `w`."""
+    if tokenizer == "spm":
+        tokens, scores, types = _spm_vocab(n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+    elif tokenizer == "bpe":
+        tokens, merges, types = _bpe_vocab(n_vocab)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(n_vocab - 1)
+        w.add_eos_token_id(n_vocab - 1)
+        w.add_add_bos_token(False)
+    else:
+        raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
+    assert len(tokens) == n_vocab
+
+
 def write_tiny_model(
     path: str | Path,
     *,
@@ -118,6 +147,7 @@ def write_tiny_model(
     qk_scale: float = 1.7,
     logit_scale: float = 2.0,
     sliding_window: int | None = None,
+    chat_template: str | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random-weight GGUF model to `path` and return the path.
@@ -135,6 +165,8 @@ def write_tiny_model(
     logit_scale: std of the logits.
     sliding_window: writes ``<arch>.attention.sliding_window`` (as Mistral GGUFs converted to arch
       llama carry it); the pinned llama.cpp ignores it for these archs (phi3 says so in its log).
+    chat_template: a Jinja template written as ``tokenizer.chat_template`` (llama-cpp-python
+      then formats chats with it, as it does a real model's).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
@@ -196,32 +228,9 @@ def write_tiny_model(
         w.add_rope_scaling_factor(float(rope_scaling_factor))
     w.add_file_type(int(ftype))
 
-    # tokenizer
-    if tokenizer == "spm":
-        tokens, scores, types = _spm_vocab(n_vocab)
-        w.add_tokenizer_model("llama")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(tokens)
-        w.add_token_scores(scores)
-        w.add_token_types(types)
-        w.add_unk_token_id(0)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_add_bos_token(True)
-        w.add_add_eos_token(False)
-    elif tokenizer == "bpe":
-        tokens, merges, types = _bpe_vocab(n_vocab)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("qwen2")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(n_vocab - 1)
-        w.add_eos_token_id(n_vocab - 1)
-        w.add_add_bos_token(False)
-    else:
-        raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
-    assert len(tokens) == n_vocab
+    _write_tokenizer(w, tokenizer, n_vocab)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def mat(name: str, rows: int, cols: int, std: float) -> None:
         a = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
@@ -359,6 +368,121 @@ def write_tiny_gemma3(
         mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
         vec(p + "post_ffw_norm.weight", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+#: architectures that SelfExtend cannot apply to, for `write_tiny_unsupported`
+UNSUPPORTED_ARCHS = {
+    "bloom": "ALiBi attention, no RoPE",
+    "mamba": "recurrent (state-space), no attention cache",
+    "jamba": "hybrid: mamba layers and attention layers",
+}
+
+
+def write_tiny_unsupported(path: str | Path, arch: str, *, n_embd: int = 32, n_layer: int = 2,
+                           context_length: int = 64, seed: int = 0) -> Path:
+    """A tiny random GGUF of an architecture without RoPE or with recurrent memory (see UNSUPPORTED_ARCHS).
+
+    llama.cpp loads it as a real model (all tensors present), so what rejects it is LongLlama's
+    own check, not a load failure. Shapes follow the pinned llama.cpp's loaders
+    (src/models/{bloom,mamba,jamba}.cpp); numpy shapes are ggml's reversed.
+    """
+    if arch not in UNSUPPORTED_ARCHS:
+        raise ValueError(f"arch must be one of {tuple(UNSUPPORTED_ARCHS)}, not {arch!r}")
+    rng = np.random.default_rng(seed)
+    n_vocab, n_head, n_ff = DEFAULT_N_VOCAB, 4, 2 * n_embd
+    d_inner, d_state, d_conv, dt_rank = 2 * n_embd, 4, 4, 2
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("selfextend-gguf tiny unsupported test model")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    _write_tokenizer(w, "spm", n_vocab)
+
+    def t(name: str, *shape: int, mean: float = 0.0) -> None:
+        w.add_tensor(name, (mean + rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    t("token_embd.weight", n_vocab, n_embd)
+    t("output_norm.weight", n_embd, mean=1.0)
+    t("output.weight", n_vocab, n_embd)
+
+    def mamba_layer(p: str, *, jamba: bool) -> None:
+        t(p + "ssm_in.weight", 2 * d_inner, n_embd)
+        t(p + "ssm_conv1d.weight", d_inner, d_conv)
+        t(p + "ssm_conv1d.bias", d_inner)
+        t(p + "ssm_x.weight", dt_rank + 2 * d_state, d_inner)
+        t(p + "ssm_dt.weight", d_inner, dt_rank)
+        t(p + "ssm_dt.bias", d_inner)
+        t(p + "ssm_a", d_inner, d_state, mean=-1.0)
+        t(p + "ssm_d", d_inner, mean=1.0)
+        t(p + "ssm_out.weight", n_embd, d_inner)
+        if jamba:
+            t(p + "ssm_dt_norm.weight", dt_rank, mean=1.0)
+            t(p + "ssm_b_norm.weight", d_state, mean=1.0)
+            t(p + "ssm_c_norm.weight", d_state, mean=1.0)
+
+    if arch == "bloom":
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head)
+        w.add_layer_norm_eps(1e-5)
+        t("token_embd_norm.weight", n_embd, mean=1.0)
+        t("token_embd_norm.bias", n_embd)
+        t("output_norm.bias", n_embd)
+        for il in range(n_layer):
+            p = f"blk.{il}."
+            for norm in ("attn_norm", "ffn_norm"):
+                t(p + norm + ".weight", n_embd, mean=1.0)
+                t(p + norm + ".bias", n_embd)
+            t(p + "attn_qkv.weight", 3 * n_embd, n_embd)
+            t(p + "attn_qkv.bias", 3 * n_embd)
+            t(p + "attn_output.weight", n_embd, n_embd)
+            t(p + "attn_output.bias", n_embd)
+            t(p + "ffn_up.weight", n_ff, n_embd)
+            t(p + "ffn_up.bias", n_ff)
+            t(p + "ffn_down.weight", n_embd, n_ff)
+            t(p + "ffn_down.bias", n_embd)
+    else:
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_inner_size(d_inner)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_time_step_rank(dt_rank)
+        if arch == "mamba":
+            w.add_feed_forward_length(0)
+            w.add_head_count(0)
+            for il in range(n_layer):
+                t(f"blk.{il}.attn_norm.weight", n_embd, mean=1.0)
+                mamba_layer(f"blk.{il}.", jamba=False)
+        else:  # jamba: layer 0 mamba, the others attention; dense FFN everywhere
+            n_head_kv = [0] + [2] * (n_layer - 1)
+            head_dim = n_embd // n_head
+            w.add_feed_forward_length(n_ff)
+            w.add_head_count(n_head)
+            w.add_head_count_kv(n_head_kv)
+            for il in range(n_layer):
+                p = f"blk.{il}."
+                t(p + "attn_norm.weight", n_embd, mean=1.0)
+                if n_head_kv[il] == 0:
+                    mamba_layer(p, jamba=True)
+                else:
+                    t(p + "attn_q.weight", n_embd, n_embd)
+                    t(p + "attn_k.weight", n_head_kv[il] * head_dim, n_embd)
+                    t(p + "attn_v.weight", n_head_kv[il] * head_dim, n_embd)
+                    t(p + "attn_output.weight", n_embd, n_embd)
+                t(p + "ffn_norm.weight", n_embd, mean=1.0)
+                t(p + "ffn_gate.weight", n_ff, n_embd)
+                t(p + "ffn_up.weight", n_ff, n_embd)
+                t(p + "ffn_down.weight", n_embd, n_ff)
+
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,0 +1,59 @@
+"""The ``selfextend-gguf serve`` command: its options, and running the app of :mod:`selfextend_gguf.server`.
+
+Kept apart from :mod:`selfextend_gguf.server` so that the command line can list ``serve``
+without the server's optional dependencies installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``selfextend-gguf serve`` beyond the model options every command shares."""
+    p.add_argument("--n-ctx", type=int, default=None,
+                   help="context size in tokens (default: twice the model's trained length)")
+    p.add_argument("--n-batch", type=int, default=512, help="prompt batch size (default: %(default)s)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU, -1 for all")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="listen port (default: %(default)s)")
+    p.add_argument("--model-alias", default=None, help="model name reported by /v1/models (default: the path)")
+    p.add_argument("--chat-format", default=None, help="chat format (default: the GGUF's chat template)")
+    p.add_argument("--logits-all", action="store_true",
+                   help="keep logits of every token, needed for logprobs (costs n_ctx x n_vocab floats)")
+    p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--limit-concurrency", type=int, default=None,
+                   help="answer requests beyond this many in flight with a JSON 503 (default: all queue)")
+    p.add_argument("--interrupt", action="store_true",
+                   help="cut a streaming reply short when another request arrives (llama_cpp.server's default; "
+                        "the cut stream ends without closing its HTTP chunks). Default: replies finish, others wait")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the OpenAI-compatible API (completions, chat, streaming) with self-extend on."""
+    from .server import LongModelSettings, ServerSettings, create_app, loaded_model  # first: checks the extra
+
+    import uvicorn
+
+    from .gguf_info import read_model_info
+    from .long_llama import DEFAULT_MODE
+    from .models import default_model_path
+
+    model = args.model or str(default_model_path())
+    info = read_model_info(model)
+    n_ctx = args.n_ctx or 2 * info.n_ctx_train
+    settings = LongModelSettings(
+        model=model, model_alias=args.model_alias, n_ctx=n_ctx, n_batch=args.n_batch,
+        n_ubatch=min(args.n_batch, 512), n_threads=args.threads, n_threads_batch=args.threads,
+        n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, logits_all=args.logits_all,
+        group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE, verbose=args.verbose)
+    server = ServerSettings(host=args.host, port=args.port, api_key=args.api_key,
+                            interrupt_requests=args.interrupt)
+    app = create_app(model_settings=settings, server_settings=server, limit_concurrency=args.limit_concurrency)
+    p = loaded_model().self_extend
+    print(f"selfextend-gguf: serving {model} ({info.arch}, trained on {info.n_ctx_train} tokens) with n_ctx={n_ctx}, "
+          f"self-extend {p.mode} G={p.group_size} W={p.window} (reach {p.reach}) "
+          f"on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
