@@ -129,13 +129,6 @@ class LongLlama(llama_cpp.Llama):
                 raise UnsupportedModelError(
                     "this model's KV cache cannot shift positions (llama_memory_can_shift is false), "
                     "which shift mode needs. Use mode='exact'.")
-            if self._uses_yarn():
-                raise UnsupportedModelError(
-                    "this context uses YaRN RoPE scaling, and llama.cpp's K-shift (which shift mode's "
-                    "llama_memory_seq_div runs) applies the YaRN magnitude to a shifted key a second time, "
-                    "so shift mode would compute wrong attention scores. Use mode='exact' (it handles YaRN), "
-                    "or no YaRN scaling.")
-            self._check_quantized_k_shift()
             self._shift = ShiftSchedule(params.group_size, params.window)
         else:
             from . import _api
@@ -172,33 +165,6 @@ class LongLlama(llama_cpp.Llama):
                 "positions inside their window, where SelfExtend keeps them stock. Use mode='exact': it applies "
                 "SelfExtend to the full-attention layers only.")
 
-    def _check_quantized_k_shift(self) -> None:
-        """The pinned llama.cpp crashes (null pointer in ``build_rope_shift``) when it shifts a
-        quantized K cache that has no Hadamard rotation: head size not a multiple of 64, or
-        ``LLAMA_ATTN_ROT_DISABLE`` set. Shift mode shifts the cache, so refuse that combination."""
-        type_k = int(self.context_params.type_k)
-        if type_k in (0, 1, 30):  # GGML_TYPE_F32, F16, BF16
-            return
-        arch = self.metadata.get("general.architecture", "")
-        model = self._model.model
-        head_k = int(self.metadata.get(f"{arch}.attention.key_length", 0) or
-                     llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model)))
-        rot_disabled = os.environ.get("LLAMA_ATTN_ROT_DISABLE", "0") not in ("", "0")
-        if head_k % 64 or rot_disabled:
-            raise UnsupportedModelError(
-                f"shift mode with a quantized K cache (type_k={type_k}) and attention heads of {head_k} dimensions "
-                f"{'(LLAMA_ATTN_ROT_DISABLE set) ' if rot_disabled else ''}would crash llama.cpp: its K-shift needs "
-                "the Hadamard rotation that only heads of a multiple of 64 dimensions get. Use an F16 K cache "
-                "(type_k=1) or mode='exact'.")
-
-    def _uses_yarn(self) -> bool:
-        """Whether the context's RoPE uses YaRN: asked for (``rope_scaling_type``) or, when not
-        given, from the GGUF's ``<arch>.rope.scaling.type``, as llama.cpp decides it."""
-        requested = int(self.context_params.rope_scaling_type)
-        if requested != llama_cpp.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED:
-            return requested == llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
-        arch = self.metadata.get("general.architecture", "")
-        return self.metadata.get(f"{arch}.rope.scaling.type", "") == "yarn"
 
     # -- evaluation ---------------------------------------------------------------------------
 

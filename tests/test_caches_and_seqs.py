@@ -86,17 +86,27 @@ def test_low_precision_cache(model, mode, cache):
 
 
 @pytest.mark.parametrize("type_k", [Q8_0, Q4_0])
-def test_shift_mode_refuses_quantized_k_without_hadamard(tmp_path, type_k):
-    """head_dim 32 with a quantized K: the pinned llama.cpp's build_rope_shift dereferences the
-    missing Hadamard matrix (segfault), so shift mode refuses; exact mode and F16 K are fine."""
-    from selfextend_gguf import UnsupportedModelError
-
+def test_shift_quantized_k_without_hadamard(tmp_path, type_k):
+    """head_dim 32 with a quantized K: the cache has no Hadamard rotation, and the pinned
+    llama.cpp's build_rope_shift dereferenced the missing matrix (segfault) on every K-shift;
+    patches/0002 skips the rotation there. Shift mode, which shifts the cache, now runs past the
+    trained length and stays within the quantization error of the F32-cache result."""
     path = write_tiny_model(tmp_path / "hd32.gguf", arch="llama", n_embd=128, n_head=4, n_head_kv=2, seed=8)
-    kw = dict(n_ctx=max_context(64, G, W), type_k=type_k, type_v=F16, n_threads=1, verbose=False)
-    with pytest.raises(UnsupportedModelError, match="quantized K cache.*type_k=1.*mode='exact'"):
-        LongLlama(str(path), group_size=G, window=W, mode="shift", **kw)
-    LongLlama(str(path), group_size=G, window=W, mode="exact", **kw).close()
-    LongLlama(str(path), group_size=G, window=W, mode="shift", **{**kw, "type_k": F16}).close()
+    toks = [int(t) for t in np.random.default_rng(5).integers(3, 250, size=N)]
+    ref = no.forward(path, toks, *no.positions_shift(N, G, W))
+    kw = dict(n_ctx=max_context(64, G, W), n_batch=64, logits_all=True, type_v=F16, flash_attn=False,
+              n_threads=1, n_threads_batch=1, verbose=False)
+    errs = {}
+    for name, tk in (("quantized", type_k), ("f16", F16)):
+        llm = LongLlama(str(path), group_size=G, window=W, mode="shift", type_k=tk, **kw)
+        llm.eval(toks)
+        errs[name] = no.rel_max_err(np.array(llm.scores[: len(toks)]), ref)
+        llm.close()
+    print(f"\n[cache] shift hd32 type_k={type_k}: {errs}")
+    # measured: q8_0 1.9e-2, q4_0 0.25 (the stock library's own q4_0 error is about 0.16-0.18);
+    # a key shifted in the wrong basis or not at all is off by O(1)
+    assert np.isfinite(errs["quantized"]) and errs["quantized"] <= (5e-2 if type_k == Q8_0 else 0.5)
+    assert errs["f16"] <= 5e-2
 
 
 def _decode(ctx, items, n_vocab):
