@@ -552,41 +552,14 @@ def test_exact_several_sequences(llama_cpp, models):
 # YaRN: the second rotations must not apply the YaRN magnitude again
 
 
-def _yarn_oracle_model(path, factor, n_ctx_orig, beta_fast=32.0, beta_slow=1.0):
-    """The oracle model with llama.cpp's YaRN folded in: the per-pair angle mixes interpolation and
-    extrapolation (ggml rope_yarn, ext_factor 1) -> frequency factors; the magnitude
-    1 + 0.1 ln(factor) on q and k -> a scale of the query projection."""
-    import math
-
-    m = no.load_model(path)
-    fs = 1.0 / factor
-    n = m.n_rot
-
-    def corr_dim(n_rot):
-        return n * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(m.freq_base))
-
-    lo = max(0.0, math.floor(corr_dim(beta_fast)))
-    hi = min(n - 1.0, math.ceil(corr_dim(beta_slow)))
-    k = np.arange(n // 2, dtype=np.float64)
-    ramp = 1.0 - np.clip((k - lo) / max(0.001, hi - lo), 0.0, 1.0)
-    mix = fs * (1.0 - ramp) + ramp  # theta = theta_extrap * mix
-    m.freq_scale = 1.0
-    m.rope_freq_factors = 1.0 / mix
-    mscale = 1.0 + 0.1 * math.log(factor)
-    for il in range(m.n_layer):
-        for name in (f"blk.{il}.attn_q.weight", f"blk.{il}.attn_q.bias"):
-            if name in m.tensors:
-                m.tensors[name] = m.tensors[name] * mscale**2
-    return m
-
-
 def test_exact_yarn(llama_cpp, models):
     lc = llama_cpp
     path = models["qwen2"]
     g, w, n, factor = 2, 8, 192, 2.0
     tokens = _tokens(n, seed=29)
     yarn = dict(rope_scaling_type=2, rope_freq_scale=1.0 / factor, yarn_orig_ctx=64)
-    oracle = _yarn_oracle_model(path, factor, 64)
+    # the oracle model with llama.cpp's YaRN folded in (frequency factors and a query scale)
+    oracle = no.fold_yarn(no.load_model(path), factor, 64)
     # the oracle's YaRN model is right: check it against stock llama.cpp with YaRN
     stock = _run_kw(lc, path, tokens, mode=SE_NONE, **yarn)
     e_stock = no.rel_max_err(stock, no.forward(oracle, tokens))
