@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--depth", type=float, default=0.5, help="where the key is hidden, 0..1 (default: 0.5)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the random pass key")
     demo.set_defaults(func=cmd_demo)
+    from .evaluate.commands import add_subcommands
+
+    add_subcommands(sub)  # passkey, perplexity, bench
     return parser
 
 

@@ -30,3 +30,7 @@ class UnsupportedModelError(SelfExtendError, ValueError):
 
 class SelfExtendConfigError(SelfExtendError, ValueError):
     """``group_size``, ``window``, ``mode`` or ``n_ctx`` are invalid for this model."""
+
+
+class EvaluationError(SelfExtendError, ValueError):
+    """An evaluation command got input it cannot use (a text too short, an empty grid, ...)."""
