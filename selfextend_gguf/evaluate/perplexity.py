@@ -32,7 +32,9 @@ class _ReleasableScores:
 
     def __init__(self, n_rows: int, n_vocab: int):
         self._row_bytes = n_vocab * 4
-        self._mm = mmap.mmap(-1, max(1, n_rows * self._row_bytes))
+        size = max(1, n_rows * self._row_bytes)
+        # private: on a shared mapping MADV_DONTNEED would neither free nor zero the pages
+        self._mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if hasattr(mmap, "MAP_PRIVATE") else mmap.mmap(-1, size)
         self.array = np.frombuffer(self._mm, dtype=np.float32, count=n_rows * n_vocab).reshape(n_rows, n_vocab)
 
     def release(self, start_row: int, end_row: int) -> None:
