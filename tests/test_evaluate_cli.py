@@ -119,17 +119,21 @@ def test_perplexity_text_too_short(tiny128, tmp_path, capsys):
 def test_bench_miniature(tiny128, tmp_path, capsys):
     out_dir = tmp_path / "bn"
     rc = main(["bench", "--model", tiny128, "--lengths", "128", "256", "--decode", "3", "--methods", "none",
-               "shift", "exact", "--out", str(out_dir), *COMMON])
+               "shift", "exact", "--repeat", "2", "--out", str(out_dir), *COMMON])
     assert rc == 0
     table = _table_lines(capsys.readouterr().out)
     assert table[0].startswith("| n_ctx | method | setting | prompt tok/s | decode tok/s | KV MiB") and len(table) == 8
     report = _report(out_dir / "bench.json", "bench")
-    rows = report["rows"]
-    assert len(rows) == 6
-    for r in rows:
+    trials, rows = report["rows"], report["summary"]
+    assert len(trials) == 12 and sorted({t["trial"] for t in trials}) == [0, 1]
+    assert len(rows) == 6 and all(r["trials"] == 2 for r in rows)
+    for r in trials:
         for key in ("prompt_tps", "decode_tps", "kv_mib", "compute_mib", "peak_rss_mib"):
             assert r[key] > 0, (key, r)
         assert r["prompt_tokens"] == r["n_ctx"] - 3 - 8
+    for r in rows:  # the summary is the median of the two trials
+        pair = [t["prompt_tps"] for t in trials if (t["n_ctx"], t["method"]) == (r["n_ctx"], r["method"])]
+        assert r["prompt_tps"] == pytest.approx(sum(pair) / 2)
     base = [r for r in rows if r["method"] == "none"]
     assert all(r["prompt_x"] == r["decode_x"] == r["memory_x"] == 1.0 for r in base)
     # same model, same n_ctx: the KV cache is the same size for every method

@@ -5,7 +5,9 @@ For each ``n_ctx`` and method it loads the model, evaluates a prompt that fills 
 decodes ``decode`` tokens one at a time as generation does. It reports prompt and decode
 tokens/s, the KV cache and compute buffer sizes that llama.cpp allocates (read from its log,
 the only place it reports them), the process's peak resident memory during the run, and the
-ratios to the ``none`` method (the unmodified model) at the same ``n_ctx``.
+ratios to the ``none`` method (the unmodified model) at the same ``n_ctx``. With ``repeat > 1``
+every (method, n_ctx) runs several times, interleaved, and the table shows medians: on a
+shared machine a burst of load from another process can slow one run several-fold.
 
 Peak RSS is per run on Linux (the high-water mark is reset through ``/proc/self/clear_refs``
 before each one); elsewhere it is the process's peak so far, and ``rss_scope`` says which.
@@ -20,7 +22,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -116,16 +118,45 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
 
 
 def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: Sequence[int], decode: int,
-        llama_kwargs: Dict[str, Any], progress: Any = None) -> List[Dict[str, Any]]:
-    """Every method at every ``n_ctx`` in ``lengths`` (settings resolved, and bad ones rejected,
-    before anything runs); rows with ratios to ``none`` (see :func:`add_ratios`)."""
+        llama_kwargs: Dict[str, Any], repeat: int = 1, progress: Any = None
+        ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """``(trials, summary)``: every method at every ``n_ctx`` in ``lengths``, ``repeat`` times.
+
+    Trials are interleaved (all methods once, then all again) so that a burst of load from
+    other processes hits every method alike; ``summary`` has one row per (n_ctx, method) with
+    the median throughputs and ratios to ``none`` (:func:`summarize`). Settings are resolved,
+    and bad ones rejected, before anything runs.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     resolved = {n: resolve_all(specs, n, n_ctx_train) for n in sorted(lengths)}
-    rows = []
+    trials = []
     for methods in resolved.values():
-        for method in methods:
-            rows.append(run_one(model, method, decode=decode, llama_kwargs=llama_kwargs))
-            if progress is not None:
-                progress.update(1)
+        for trial in range(repeat):
+            for method in methods:
+                row = run_one(model, method, decode=decode, llama_kwargs=llama_kwargs)
+                trials.append({**row, "trial": trial})
+                if progress is not None:
+                    progress.update(1)
+    return trials, summarize(trials)
+
+
+def summarize(trials: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per (n_ctx, method): median times and throughputs over its trials, the largest
+    memory figures, ``trials`` = how many, and the ratios of :func:`add_ratios`."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for t in trials:
+        groups.setdefault((t["n_ctx"], t["method"]), []).append(t)
+    rows = []
+    for group in groups.values():
+        row = {k: v for k, v in group[0].items() if k != "trial"}
+        for key in ("prompt_seconds", "decode_seconds", "prompt_tps", "decode_tps"):
+            values = [t[key] for t in group if t[key] is not None]
+            row[key] = float(np.median(values)) if values else None
+        for key in ("kv_mib", "compute_mib", "peak_rss_mib"):
+            row[key] = max(t[key] for t in group)
+        row["trials"] = len(group)
+        rows.append(row)
     return add_ratios(rows)
 
 

@@ -60,6 +60,8 @@ def add_subcommands(sub: Any) -> None:
     _common(bn)
     bn.add_argument("--decode", type=int, default=32, help="tokens decoded one by one after the prompt "
                                                            "(default: %(default)s)")
+    bn.add_argument("--repeat", type=int, default=1, help="runs of each (method, n_ctx), interleaved; the table "
+                                                           "shows medians (default: %(default)s)")
     bn.set_defaults(func=cmd_bench, _parser=bn)
 
 
@@ -81,7 +83,6 @@ class _Run:
         args.lengths = self.lengths  # recorded in the report's command
         self.specs = expand_methods(args.methods, parse_grid(getattr(args, "grid", [])))
         self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.llama_kwargs: Dict[str, Any] = dict(
             n_batch=args.n_batch, n_ubatch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
             n_gpu_layers=args.n_gpu_layers, flash_attn=False, verbose=False)
@@ -110,6 +111,7 @@ class _Run:
         from .report import command_line, envelope, write_json
 
         print(table)
+        self.out.mkdir(parents=True, exist_ok=True)
         text = command_line(command, self.args._parser, self.args)
         report = envelope(command, command_text=text, model=self.model, threads=self.args.threads, settings=settings,
                           methods=methods, rows=rows, summary=summary)
@@ -192,11 +194,11 @@ def cmd_bench(args: argparse.Namespace, ) -> int:
 
     run = _Run(args, lambda L: [L, 2 * L])
     run.announce(run.lengths)
-    with run.progress(len(run.specs) * len(run.lengths), "run") as bar:
-        rows = bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
-                      llama_kwargs=run.llama_kwargs, progress=bar)
+    with run.progress(len(run.specs) * len(run.lengths) * args.repeat, "run") as bar:
+        rows, summary = bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
+                               llama_kwargs=run.llama_kwargs, repeat=args.repeat, progress=bar)
     methods = [m for n in run.lengths for m in resolve_all(run.specs, n, run.n_ctx_train)]
-    settings = dict(lengths=run.lengths, decode=args.decode, n_batch=args.n_batch, flash_attn=False,
-                    n_ctx_train=run.n_ctx_train)
-    return run.finish("bench", settings=settings, methods=_unique(methods), rows=rows, summary=rows,
-                      table=bn.table(rows), plots=lambda: bn.plot(rows, run.out, run.model_name))
+    settings = dict(lengths=run.lengths, decode=args.decode, repeat=args.repeat, n_batch=args.n_batch,
+                    flash_attn=False, n_ctx_train=run.n_ctx_train)
+    return run.finish("bench", settings=settings, methods=_unique(methods), rows=rows, summary=summary,
+                      table=bn.table(summary), plots=lambda: bn.plot(summary, run.out, run.model_name))

@@ -174,9 +174,10 @@ def plot(rows: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]], n_ct
             pts = [r for r in rows if r["length"] == length and r["method"] == s["method"]]
             ax.plot([(r["start"] + r["end"]) / 2 for r in pts], [r["ppl"] for r in pts], marker=".",
                     label=f"{s['method']} ({s['setting']})")
-        ax.axvline(n_ctx_train, color="grey", linestyle="--", linewidth=1)
-        ax.text(n_ctx_train, ax.get_ylim()[1], " trained length", va="top", fontsize=8, color="grey")
         ax.set_yscale("log")
+        if n_ctx_train < length:
+            ax.axvline(n_ctx_train, color="grey", linestyle="--", linewidth=1)
+            ax.text(n_ctx_train, ax.get_ylim()[1], " trained length", va="top", fontsize=8, color="grey")
         ax.set_xlabel("token position")
         ax.set_ylabel("perplexity (per bucket)")
         ax.set_title(f"perplexity vs position, {length} tokens\n{model_name}", fontsize=9)
