@@ -160,3 +160,18 @@ def test_bad_grid_fails_before_loading(tiny128, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "window=128 must be smaller than the model's trained context length 128" in captured.err
     assert "model:" not in captured.out and not (tmp_path / "passkey.json").exists()
+
+
+def test_passkey_one_n_ctx_for_all_lengths(tiny128, tmp_path, capsys):
+    """--n-ctx runs every length with one setting (as the paper's figure); it must cover the longest."""
+    rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--depths", "0.5", "--keys", "1",
+               "--max-tokens", "2", "--methods", "exact", "--n-ctx", "320", "--out", str(tmp_path), *COMMON])
+    assert rc == 0
+    report = json.loads((tmp_path / "passkey.json").read_text())
+    assert {(r["length"], r["n_ctx"], r["setting"]) for r in report["rows"]} == {
+        (256, 320, "G=5 W=16 (auto)"), (320, 320, "G=5 W=16 (auto)")}
+    assert "--n-ctx 320" in report["command"]
+    capsys.readouterr()
+    rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--n-ctx", "300", "--out", str(tmp_path),
+               *COMMON])
+    assert rc == 2 and "--n-ctx 300 is smaller than the longest length 320" in capsys.readouterr().err
