@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import sys
 
 import numpy as np
 import pytest
