@@ -52,12 +52,12 @@ def _table_lines(out):
 def test_passkey_miniature(tiny128, tmp_path, capsys):
     out_dir = tmp_path / "pk"
     rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--depths", "0", "1", "--keys", "2",
-               "--max-tokens", "4", "--methods", "none", "yarn", "exact", "--grid", "4:32", "--out", str(out_dir),
+               "--max-tokens", "4", "--methods", "none", "yarn", "shift", "exact", "--grid", "4:32", "--out", str(out_dir),
                *COMMON])
     assert rc == 0
     out = capsys.readouterr().out
     table = _table_lines(out)
-    labels = ["none", "yarn", "exact", "exact@G4W32"]
+    labels = ["none", "yarn", "shift", "exact", "shift@G4W32", "exact@G4W32"]
     assert table[0].startswith("| length | method | setting | depth 0 | depth 1 | accuracy |")
     assert len(table) == 2 + 2 * len(labels)
     assert "n_ctx 320:" in out and "exact: G=5 W=16 (auto)" in out  # the automatic choice is shown
@@ -76,7 +76,7 @@ def test_passkey_miniature(tiny128, tmp_path, capsys):
     assert all(s["total"] == 8 and 0 <= s["accuracy"] <= 1 for s in overall.values())
     auto = [m for m in report["methods"] if m["label"] == "exact"]
     assert {(m["n_ctx"], m["group_size"], m["auto"]) for m in auto} == {(256, 4, True), (320, 5, True)}
-    for label in ("none", "yarn", "exact", "exact-G4W32"):
+    for label in ("none", "yarn", "shift", "exact", "shift-G4W32", "exact-G4W32"):
         _assert_png(out_dir / f"passkey_{label}.png")
 
 
