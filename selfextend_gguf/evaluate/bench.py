@@ -206,6 +206,7 @@ def plot(rows: Sequence[Dict[str, Any]], out_dir: Path, model_name: str) -> List
             ys = [(r["kv_mib"] + r["compute_mib"]) if key is None else r[key] for r in pts]
             ax.plot([r["n_ctx"] for r in pts], ys, marker="o", label=m)
         ax.set_xlabel("n_ctx (tokens)")
+        ax.set_ylim(bottom=0)  # from zero, so that heights compare as ratios
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"cost per method: {model_name}", fontsize=9)
