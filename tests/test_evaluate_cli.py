@@ -175,3 +175,64 @@ def test_passkey_one_n_ctx_for_all_lengths(tiny128, tmp_path, capsys):
     rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--n-ctx", "300", "--out", str(tmp_path),
                *COMMON])
     assert rc == 2 and "--n-ctx 300 is smaller than the longest length 320" in capsys.readouterr().err
+
+
+def test_passkey_report_survives_a_crash_and_resumes(tiny128, tmp_path, capsys, monkeypatch):
+    """The report is rewritten after each method; --resume keeps it and runs only what is missing."""
+    from selfextend_gguf.evaluate.methods import Method
+
+    base = ["passkey", "--model", tiny128, "--depths", "0.5", "--keys", "1", "--max-tokens", "2",
+            "--out", str(tmp_path), *COMMON]
+    real_build = Method.build
+
+    def build(self, *a, **k):
+        if self.kind == "exact":
+            raise RuntimeError("simulated crash")
+        return real_build(self, *a, **k)
+
+    monkeypatch.setattr(Method, "build", build)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*base, "--lengths", "256", "--methods", "none", "exact"])
+    first = json.loads((tmp_path / "passkey.json").read_text())
+    assert {(r["method"], r["length"]) for r in first["rows"]} == {("none", 256)}
+
+    monkeypatch.setattr(Method, "build", real_build)
+    assert main([*base, "--lengths", "256", "320", "--methods", "none", "exact", "--resume"]) == 0
+    report = json.loads((tmp_path / "passkey.json").read_text())
+    assert {(r["method"], r["length"]) for r in report["rows"]} == {
+        ("none", 256), ("none", 320), ("exact", 256), ("exact", 320)}
+    kept = [r for r in report["rows"] if (r["method"], r["length"]) == ("none", 256)]
+    assert kept == first["rows"]  # not measured again
+    assert len(report["settings"]["runs"]) == 2 and report["settings"]["lengths"] == [256, 320]
+    assert "| 320 | exact |" in capsys.readouterr().out
+
+    # other settings cannot be mixed into the same report
+    assert main([*base, "--lengths", "256", "--keys", "2", "--resume"]) == 2
+    assert "keys: 1 there, 2 now" in capsys.readouterr().err
+
+
+def test_bench_resume_adds_trials(tiny128, tmp_path, capsys):
+    base = ["bench", "--model", tiny128, "--lengths", "128", "--decode", "1", "--methods", "none", "shift",
+            "--out", str(tmp_path), *COMMON]
+    assert main(base) == 0
+    first = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert main([*base, "--repeat", "2", "--resume"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [t for t in report["rows"] if t["trial"] == 0] == first
+    assert sorted((t["method"], t["trial"]) for t in report["rows"]) == [
+        ("none", 0), ("none", 1), ("shift", 0), ("shift", 1)]
+    assert all(s["trials"] == 2 for s in report["summary"])
+
+
+def test_perplexity_resume_adds_methods(tiny128, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["a cat sat on the mat"] * 80))
+    base = ["perplexity", "--model", tiny128, "--text", str(text), "--lengths", "200", "--bucket", "50",
+            "--out", str(tmp_path / "pp"), *COMMON]
+    assert main([*base, "--methods", "none"]) == 0
+    first = json.loads((tmp_path / "pp" / "perplexity.json").read_text())
+    assert main([*base, "--methods", "none", "linear", "--resume"]) == 0
+    report = json.loads((tmp_path / "pp" / "perplexity.json").read_text())
+    assert [s["method"] for s in report["summary"]] == ["none", "linear"]
+    assert report["summary"][0] == first["summary"][0]
+    assert len(report["rows"]) == 2 * len(first["rows"])

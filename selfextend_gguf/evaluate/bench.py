@@ -22,7 +22,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -118,14 +118,17 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
 
 
 def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: Sequence[int], decode: int,
-        llama_kwargs: Dict[str, Any], repeat: int = 1, progress: Any = None
+        llama_kwargs: Dict[str, Any], repeat: int = 1, progress: Any = None,
+        skip: Callable[[str, int, int], bool] = lambda label, n_ctx, trial: False,
+        on_unit: Callable[[Dict[str, Any], Method], None] = lambda row, method: None,
         ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """``(trials, summary)``: every method at every ``n_ctx`` in ``lengths``, ``repeat`` times.
 
     Trials are interleaved (all methods once, then all again) so that a burst of load from
     other processes hits every method alike; ``summary`` has one row per (n_ctx, method) with
     the median throughputs and ratios to ``none`` (:func:`summarize`). Settings are resolved,
-    and bad ones rejected, before anything runs.
+    and bad ones rejected, before anything runs. ``on_unit(row, method)`` gets each run as soon
+    as it is done; runs that ``skip(label, n_ctx, trial)`` accepts are not repeated.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
@@ -134,8 +137,10 @@ def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: S
     for methods in resolved.values():
         for trial in range(repeat):
             for method in methods:
-                row = run_one(model, method, decode=decode, llama_kwargs=llama_kwargs)
-                trials.append({**row, "trial": trial})
+                if not skip(method.label, method.n_ctx, trial):
+                    row = {**run_one(model, method, decode=decode, llama_kwargs=llama_kwargs), "trial": trial}
+                    trials.append(row)
+                    on_unit(row, method)
                 if progress is not None:
                     progress.update(1)
     return trials, summarize(trials)

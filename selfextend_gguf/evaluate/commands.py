@@ -1,17 +1,19 @@
 """The ``passkey``, ``perplexity`` and ``bench`` subcommands of ``selfextend-gguf``.
 
 Each prints a markdown table, writes ``<out>/<command>.json`` (schema in
-:mod:`selfextend_gguf.evaluate.report`) and PNG plots into ``--out``, with a progress bar on
-stderr while it works. :func:`add_subcommands` registers them on the main parser.
+:mod:`selfextend_gguf.evaluate.report`; rewritten after every finished method and length, so
+that ``--resume`` can continue a run that was cut off, or add methods and lengths to it) and
+PNG plots into ``--out``, with a progress bar on stderr while it works. :func:`add_subcommands` registers them on the main parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .methods import KINDS, expand_methods, parse_grid, resolve_all
 
@@ -30,6 +32,9 @@ def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU backend (default: 0)")
     p.add_argument("--out", default=out_default, help="folder for the JSON and PNG files (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the report in --out: keep what it has (the report is rewritten after every "
+                        "method and length), run only the rest; the other options must be the same")
 
 
 def add_subcommands(sub: Any) -> None:
@@ -105,37 +110,93 @@ class _Run:
 
         return tqdm(total=total, unit=unit, disable=self.args.no_progress, dynamic_ncols=True)
 
-    def finish(self, command: str, *, settings: Dict[str, Any],
-               methods: List[Dict[str, Any]], rows: List[Dict[str, Any]], summary: List[Dict[str, Any]],
-               table: str, plots: Callable[[], List[Path]]) -> int:
-        from .report import command_line, envelope, write_json
+    def store(self, command: str, compat: Dict[str, Any],
+              summarize: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]]) -> "_Store":
+        """The report of ``command`` in ``--out``, continued when ``--resume`` is given."""
+        return _Store(self, command, compat, summarize)
 
-        print(table)
-        self.out.mkdir(parents=True, exist_ok=True)
-        text = command_line(command, self.args._parser, self.args)
-        report = envelope(command, command_text=text, model=self.model, threads=self.args.threads, settings=settings,
-                          methods=methods, rows=rows, summary=summary)
-        path = write_json(report, self.out / f"{command}.json")
+
+class _Store:
+    """A command's report, rewritten after every finished unit of work.
+
+    A long run that is cut off keeps what it measured, and ``--resume`` continues it: units the
+    report already has are skipped, new ones are added (other methods, lengths or trials), as
+    long as the options that change the numbers (``compat``) are the same. ``summarize``
+    recomputes the summary from all rows; without it summary rows are kept as added.
+    """
+
+    def __init__(self, run: _Run, command: str, compat: Dict[str, Any],
+                 summarize: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]]):
+        from ..errors import EvaluationError
+        from .report import command_line, schema_name
+
+        self.run, self.command, self.compat, self.summarize = run, command, compat, summarize
+        self.path = run.out / f"{command}.json"
+        self.rows: List[Dict[str, Any]] = []
+        self.summary_rows: List[Dict[str, Any]] = []
+        self.methods: List[Dict[str, Any]] = []
+        self.commands: List[str] = []
+        if run.args.resume and self.path.is_file():
+            old = json.loads(self.path.read_text(encoding="utf-8"))
+            if old.get("schema") != schema_name(command):
+                raise EvaluationError(f"{self.path} is not a {schema_name(command)} report "
+                                      f"(schema {old.get('schema')!r}); use another --out or drop --resume")
+            if (old["model"]["path"], old["model"]["size_bytes"]) != (run.model, os.path.getsize(run.model)):
+                raise EvaluationError(f"{self.path} measured another model ({old['model']['path']}); "
+                                      "use another --out or the same --model")
+            differ = {k: (old["settings"].get(k), v) for k, v in compat.items() if old["settings"].get(k) != v}
+            if differ:
+                what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+                raise EvaluationError(f"cannot resume {self.path}: it was measured with other settings ({what}). "
+                                      "Pass the same options, or use another --out.")
+            self.rows, self.summary_rows = list(old["rows"]), list(old["summary"])
+            self.methods = list(old["methods"])
+            self.commands = list(old["settings"].get("runs", [old["command"]]))
+        self.commands.append(command_line(command, run.args._parser, run.args))
+
+    def has(self, *key: Any, fields: Sequence[str]) -> bool:
+        """Whether some row has these values in ``fields``."""
+        return any(tuple(r[f] for f in fields) == key for r in self.rows)
+
+    def add(self, rows: Sequence[Dict[str, Any]], *, summary: Sequence[Dict[str, Any]] = (), method: Any = None) -> None:
+        """Add a finished unit's rows (and summary rows), then rewrite the report."""
+        self.rows += rows
+        self.summary_rows += summary
+        if method is not None:
+            d = method.describe()
+            if not any((m["label"], m["n_ctx"]) == (d["label"], d["n_ctx"]) for m in self.methods):
+                self.methods.append(d)
+        self.write()
+
+    def summary(self) -> List[Dict[str, Any]]:
+        return self.summarize(self.rows) if self.summarize else self.summary_rows
+
+    def write(self) -> Path:
+        from .report import envelope, write_json
+
+        lengths = sorted({r.get("length", r.get("n_ctx")) for r in self.rows})
+        settings = {**self.compat, "lengths": lengths, "n_ctx_train": self.run.n_ctx_train, "runs": self.commands}
+        report = envelope(self.command, command_text=self.commands[-1], model=self.run.model,
+                          threads=self.run.args.threads, settings=settings, methods=self.methods,
+                          rows=self.rows, summary=self.summary())
+        return write_json(report, self.path)
+
+    def finish(self, table: Callable[[List[Dict[str, Any]]], str],
+               plots: Callable[[List[Dict[str, Any]], List[Dict[str, Any]]], List[Path]]) -> int:
+        """Print the table of everything the report holds, write it and its plots."""
+        summary = self.summary()
+        print(table(summary))
+        path = self.write()
         print(f"\nwrote {path}")
-        for p in plots():
+        for p in plots(self.rows, summary):
             print(f"wrote {p}")
         return 0
-
-
-def _unique(methods: Sequence[Any]) -> List[Dict[str, Any]]:
-    seen, out = set(), []
-    for m in methods:
-        key = (m.label, m.n_ctx)
-        if key not in seen:
-            seen.add(key)
-            out.append(m.describe())
-    return out
 
 
 # -- the commands --------------------------------------------------------------------------------
 
 
-def cmd_passkey(args: argparse.Namespace, ) -> int:
+def cmd_passkey(args: argparse.Namespace) -> int:
     """Passkey retrieval over a grid of prompt lengths x key depths, several keys per cell, per method."""
     from .. import load_llama_cpp
     from . import passkey_eval as pe
@@ -143,6 +204,9 @@ def cmd_passkey(args: argparse.Namespace, ) -> int:
     run = _Run(args, lambda L: [2 * L])
     n_ctxs = [args.n_ctx] if args.n_ctx else run.lengths
     run.announce(n_ctxs)
+    compat = dict(depths=sorted(args.depths), keys=args.keys, seed=args.seed, max_tokens=args.max_tokens,
+                  n_ctx=args.n_ctx, n_batch=args.n_batch)
+    store = run.store("passkey", compat, pe.summarize)
     vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
     try:
         cases = pe.make_cases(lambda s: vocab.tokenize(s.encode(), add_bos=True), run.lengths, args.depths,
@@ -150,18 +214,14 @@ def cmd_passkey(args: argparse.Namespace, ) -> int:
     finally:
         vocab.close()
     with run.progress(len(cases) * len(run.specs), "prompt") as bar:
-        rows, methods = pe.run_grid(run.model, run.specs, cases, run.n_ctx_train, n_ctx=args.n_ctx,
-                                    max_tokens=args.max_tokens, llama_kwargs=run.llama_kwargs, progress=bar)
-    summary = pe.summarize(rows, methods)
-    settings = dict(lengths=run.lengths, depths=sorted(args.depths), keys=args.keys, n_ctx=args.n_ctx,
-                    max_tokens=args.max_tokens, seed=args.seed, grid=args.grid, n_batch=args.n_batch,
-                    n_ctx_train=run.n_ctx_train)
-    return run.finish("passkey", settings=settings, methods=_unique(methods.values()), rows=rows,
-                      summary=summary, table=pe.table(summary),
-                      plots=lambda: pe.plot(summary, run.out, run.model_name))
+        pe.run_grid(run.model, run.specs, cases, run.n_ctx_train, n_ctx=args.n_ctx, max_tokens=args.max_tokens,
+                    llama_kwargs=run.llama_kwargs, progress=bar,
+                    skip=lambda label, length: store.has(label, length, fields=("method", "length")),
+                    on_unit=lambda rows, method: store.add(rows, method=method))
+    return store.finish(pe.table, lambda rows, summary: pe.plot(summary, run.out, run.model_name))
 
 
-def cmd_perplexity(args: argparse.Namespace, ) -> int:
+def cmd_perplexity(args: argparse.Namespace) -> int:
     """Perplexity of a long text by token position (bucketed), per method, inside and beyond the trained length."""
     from .. import load_llama_cpp
     from . import perplexity as pp
@@ -177,28 +237,28 @@ def cmd_perplexity(args: argparse.Namespace, ) -> int:
     finally:
         vocab.close()
     bucket = args.bucket or max(1, run.n_ctx_train // 8)
+    compat = dict(bucket=bucket, n_batch=args.n_batch,
+                  text={"path": str(text_path), "tokens": len(tokens), "title": None if args.text else TEXT_TITLE})
+    store = run.store("perplexity", compat, None)
     with run.progress(len(run.specs) * sum(run.lengths), "tok") as bar:
-        rows, summary, methods = pp.run(run.model, run.specs, tokens, run.n_ctx_train, lengths=run.lengths,
-                                        bucket=bucket, llama_kwargs=run.llama_kwargs, progress=bar)
-    settings = dict(lengths=run.lengths, bucket=bucket, n_batch=args.n_batch, n_ctx_train=run.n_ctx_train,
-                    text={"path": str(text_path), "tokens": len(tokens),
-                          "title": None if args.text else TEXT_TITLE})
-    return run.finish("perplexity", settings=settings, methods=_unique(methods), rows=rows,
-                      summary=summary, table=pp.table(summary),
-                      plots=lambda: pp.plot(rows, summary, run.n_ctx_train, run.out, run.model_name))
+        pp.run(run.model, run.specs, tokens, run.n_ctx_train, lengths=run.lengths, bucket=bucket,
+               llama_kwargs=run.llama_kwargs, progress=bar,
+               skip=lambda label, length: store.has(label, length, fields=("method", "length")),
+               on_unit=lambda rows, total, method: store.add(rows, summary=[total], method=method))
+    return store.finish(pp.table, lambda rows, summary: pp.plot(rows, summary, run.n_ctx_train, run.out,
+                                                                run.model_name))
 
 
-def cmd_bench(args: argparse.Namespace, ) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     """Prompt and decode tokens/s, KV cache, compute buffers and peak RSS per method and n_ctx, as ratios to none."""
     from . import bench as bn
 
     run = _Run(args, lambda L: [L, 2 * L])
     run.announce(run.lengths)
+    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, flash_attn=False), bn.summarize)
     with run.progress(len(run.specs) * len(run.lengths) * args.repeat, "run") as bar:
-        rows, summary = bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
-                               llama_kwargs=run.llama_kwargs, repeat=args.repeat, progress=bar)
-    methods = [m for n in run.lengths for m in resolve_all(run.specs, n, run.n_ctx_train)]
-    settings = dict(lengths=run.lengths, decode=args.decode, repeat=args.repeat, n_batch=args.n_batch,
-                    flash_attn=False, n_ctx_train=run.n_ctx_train)
-    return run.finish("bench", settings=settings, methods=_unique(methods), rows=rows, summary=summary,
-                      table=bn.table(summary), plots=lambda: bn.plot(summary, run.out, run.model_name))
+        bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
+               llama_kwargs=run.llama_kwargs, repeat=args.repeat, progress=bar,
+               skip=lambda label, n_ctx, trial: store.has(label, n_ctx, trial, fields=("method", "n_ctx", "trial")),
+               on_unit=lambda row, method: store.add([row], method=method))
+    return store.finish(bn.table, lambda rows, summary: bn.plot(summary, run.out, run.model_name))

@@ -102,10 +102,15 @@ def run_method(llm: Any, method: Method, cases: Sequence[PasskeyCase], *, max_to
 
 
 def run_grid(model: str, specs: Sequence[MethodSpec], cases: Sequence[PasskeyCase], n_ctx_train: int, *,
-             n_ctx: Optional[int], max_tokens: int, llama_kwargs: Dict[str, Any], progress: Any = None
-             ) -> Tuple[List[Dict[str, Any]], Dict[Tuple[str, int], Method]]:
-    """Every case with every method: ``(rows, methods)``, ``methods[label, length]`` being the method
-    as resolved for that length.
+             n_ctx: Optional[int], max_tokens: int, llama_kwargs: Dict[str, Any], progress: Any = None,
+             skip: Callable[[str, int], bool] = lambda label, length: False,
+             on_unit: Callable[[List[Dict[str, Any]], Method], None] = lambda rows, method: None,
+             ) -> Tuple[List[Dict[str, Any]], List[Method]]:
+    """Every case with every method: ``(rows, methods)``.
+
+    One unit of work is a method at one ``n_ctx`` (one model instance); ``on_unit(rows, method)``
+    gets each unit's rows as soon as it is done, and units whose every length
+    ``skip(label, length)`` accepts are not run (both serve ``--resume``).
 
     With ``n_ctx=None`` each length runs at ``n_ctx = length`` (automatic G/W and RoPE scaling are
     chosen for that length); with a number, every length runs at that ``n_ctx`` (one setting for
@@ -118,39 +123,49 @@ def run_grid(model: str, specs: Sequence[MethodSpec], cases: Sequence[PasskeyCas
                               "raise it or leave it out (then each length runs at n_ctx = length)")
     groups = {n_ctx: lengths} if n_ctx is not None else {n: [n] for n in lengths}
     resolved = {ctx: resolve_all(specs, ctx, n_ctx_train) for ctx in groups}
-    methods = {(m.label, length): m for ctx, ls in groups.items() for m in resolved[ctx] for length in ls}
     rows: List[Dict[str, Any]] = []
+    methods: List[Method] = []
     for ctx, ls in groups.items():
         group = [c for c in cases if c.length in ls]
         for method in resolved[ctx]:
+            methods.append(method)
+            if all(skip(method.label, length) for length in ls):
+                if progress is not None:
+                    progress.update(len(group))
+                continue
             llm = method.build(model, **llama_kwargs)
             try:
-                for row in run_method(llm, method, group, max_tokens=max_tokens, progress=progress):
-                    rows.append({**row, "n_ctx": ctx, "setting": method.setting})
+                unit = [{**row, "n_ctx": ctx, "setting": method.setting}
+                        for row in run_method(llm, method, group, max_tokens=max_tokens, progress=progress)]
             finally:
                 llm.close()
+            rows += unit
+            on_unit(unit, method)
     return rows, methods
 
 
-def summarize(rows: Sequence[Dict[str, Any]], methods: Dict[Tuple[str, int], Method]) -> List[Dict[str, Any]]:
+def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Accuracy per (method, length, depth) cell, per (method, length) (``depth`` None) and per
     method over everything (``length`` and ``depth`` None). Each summary row has ``method``,
     ``length``, ``depth``, ``setting``, ``found``, ``total`` and ``accuracy``."""
-    labels = list(dict.fromkeys(label for label, _ in methods))
-    lengths = sorted({length for _, length in methods})
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
+    settings = {(r["method"], r["length"]): r["setting"] for r in rows}
     out = []
 
     def add(label, length, depth):
         sel = [r for r in rows if r["method"] == label and (length is None or r["length"] == length)
                and (depth is None or r["depth"] == depth)]
         n_found = sum(r["found"] for r in sel)
-        setting = methods[label, length].setting if length is not None else None
+        setting = settings.get((label, length)) if length is not None else None
         out.append({"method": label, "length": length, "depth": depth, "setting": setting, "found": n_found,
                     "total": len(sel), "accuracy": n_found / len(sel) if sel else None})
 
     for label in labels:
         for length in lengths:
+            if (label, length) not in settings:
+                continue  # e.g. a resumed report where this method ran at other lengths only
             for depth in depths:
                 add(label, length, depth)
             add(label, length, None)

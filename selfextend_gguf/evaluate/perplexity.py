@@ -16,7 +16,7 @@ import math
 import mmap
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -122,12 +122,15 @@ def split_means(nll: np.ndarray, n_ctx_train: int, *, first_position: int = 1) -
 
 
 def run(model: str, specs: Sequence[MethodSpec], tokens: Sequence[int], n_ctx_train: int, *,
-        lengths: Sequence[int], bucket: int, llama_kwargs: Dict[str, Any], progress: Any = None
+        lengths: Sequence[int], bucket: int, llama_kwargs: Dict[str, Any], progress: Any = None,
+        skip: Callable[[str, int], bool] = lambda label, length: False,
+        on_unit: Callable[[List[Dict[str, Any]], Dict[str, Any], Method], None] = lambda rows, summary, method: None,
         ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], List[Method]]:
     """``(rows, summary, methods)``: per length, every method evaluates the first ``length`` tokens
     once at ``n_ctx = length``. ``rows`` are the position buckets (``method``, ``length``,
     ``setting``, and :func:`buckets`' keys); ``summary`` one row per (length, method) with
-    :func:`split_means`' keys and ``seconds``."""
+    :func:`split_means`' keys and ``seconds``. ``on_unit(rows, summary_row, method)`` gets each
+    (method, length) as soon as it is done; those that ``skip(label, length)`` accepts are not run."""
     for length in lengths:
         if length > len(tokens):
             raise EvaluationError(f"the text has {len(tokens)} tokens, fewer than the length {length} asked for; "
@@ -137,6 +140,10 @@ def run(model: str, specs: Sequence[MethodSpec], tokens: Sequence[int], n_ctx_tr
     for length, ms in resolved.items():
         for method in ms:
             methods.append(method)
+            if skip(method.label, length):
+                if progress is not None:
+                    progress.update(length)
+                continue
             llm = method.build(model, logits_all=True, **llama_kwargs)
             try:
                 t0 = time.perf_counter()
@@ -145,8 +152,11 @@ def run(model: str, specs: Sequence[MethodSpec], tokens: Sequence[int], n_ctx_tr
             finally:
                 llm.close()
             tag = {"method": method.label, "length": length, "setting": method.setting}
-            rows += [{**tag, **b} for b in buckets(nll, bucket)]
-            summary.append({**tag, **split_means(nll, n_ctx_train), "seconds": secs})
+            unit = [{**tag, **b} for b in buckets(nll, bucket)]
+            total = {**tag, **split_means(nll, n_ctx_train), "seconds": secs}
+            rows += unit
+            summary.append(total)
+            on_unit(unit, total, method)
     return rows, summary, methods
 
 
