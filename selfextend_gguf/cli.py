@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(chat_parser)
     chat.add_arguments(chat_parser)
     chat_parser.set_defaults(func=chat.cmd_chat)
+
+    from .evaluate.commands import add_subcommands
+
+    add_subcommands(sub)  # passkey, perplexity, bench
     return parser
 
 

@@ -54,3 +54,7 @@ class MissingExtraError(SelfExtendError, ImportError):
 
 class InvalidTokenError(SelfExtendError, ValueError):
     """A token id outside the model's vocabulary, or an empty token-list prompt."""
+
+
+class EvaluationError(SelfExtendError, ValueError):
+    """An evaluation command got input it cannot use (a text too short, an empty grid, ...)."""

@@ -1,0 +1,264 @@
+"""The ``passkey``, ``perplexity`` and ``bench`` subcommands of ``selfextend-gguf``.
+
+Each prints a markdown table, writes ``<out>/<command>.json`` (schema in
+:mod:`selfextend_gguf.evaluate.report`; rewritten after every finished method and length, so
+that ``--resume`` can continue a run that was cut off, or add methods and lengths to it) and
+PNG plots into ``--out``, with a progress bar on stderr while it works. :func:`add_subcommands` registers them on the main parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .methods import KINDS, expand_methods, parse_grid, resolve_all
+
+logger = logging.getLogger(__name__)
+
+
+def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval") -> None:
+    p.add_argument("--model", help="GGUF model path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--methods", nargs="+", default=list(KINDS), metavar="METHOD",
+                   help="methods to compare: none linear yarn shift exact; shift/exact also as "
+                        "shift@G4W1024 or exact@auto (default: all five, G and W automatic)")
+    p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N",
+                   help="context lengths in tokens (default: 2x the model's trained length)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    p.add_argument("--n-batch", type=int, default=512, help="batch and ubatch size (default: %(default)s)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU backend (default: 0)")
+    p.add_argument("--out", default=out_default, help="folder for the JSON and PNG files (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the report in --out: keep what it has (the report is rewritten after every "
+                        "method and length), run only the rest; the other options must be the same")
+
+
+def add_subcommands(sub: Any) -> None:
+    """Register ``passkey``, ``perplexity`` and ``bench`` on the main parser's subparsers."""
+    pk = sub.add_parser("passkey", help=cmd_passkey.__doc__, description=cmd_passkey.__doc__)
+    _common(pk)
+    pk.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="D",
+                    help="where keys are hidden, fractions of the prompt (default: %(default)s)")
+    pk.add_argument("--keys", type=int, default=3, help="random keys per (length, depth) cell (default: %(default)s)")
+    pk.add_argument("--grid", nargs="+", default=[], metavar="G:W",
+                    help="also run shift/exact with these fixed settings, e.g. --grid 2:1024 4:1024 8:512")
+    pk.add_argument("--n-ctx", type=int, default=None,
+                    help="one n_ctx for every length (default: each length runs at n_ctx = length)")
+    pk.add_argument("--max-tokens", type=int, default=8, help="answer tokens generated (default: %(default)s)")
+    pk.add_argument("--seed", type=int, default=1, help="seed of the random keys (default: %(default)s)")
+    pk.set_defaults(func=cmd_passkey, _parser=pk)
+
+    pp = sub.add_parser("perplexity", help=cmd_perplexity.__doc__, description=cmd_perplexity.__doc__)
+    _common(pp)
+    pp.add_argument("--text", default=None,
+                    help="a long UTF-8 text file (default: Botchan, from the sentencepiece sdist on PyPI, "
+                         "cached in $SELFEXTEND_GGUF_CACHE/text)")
+    pp.add_argument("--bucket", type=int, default=None,
+                    help="positions per bucket of the curve (default: an eighth of the trained length)")
+    pp.set_defaults(func=cmd_perplexity, _parser=pp)
+
+    bn = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+    _common(bn)
+    bn.add_argument("--decode", type=int, default=32, help="tokens decoded one by one after the prompt "
+                                                           "(default: %(default)s)")
+    bn.add_argument("--repeat", type=int, default=1, help="runs of each (method, n_ctx), interleaved; the table "
+                                                           "shows medians (default: %(default)s)")
+    bn.set_defaults(func=cmd_bench, _parser=bn)
+
+
+# -- shared plumbing ---------------------------------------------------------------------------
+
+
+class _Run:
+    """What every command needs: the model, its trained length, the methods, the output folder."""
+
+    def __init__(self, args: argparse.Namespace, default_lengths: Callable[[int], List[int]]):
+        from .. import default_model_path
+        from ..gguf_info import read_model_info
+
+        self.args = args
+        self.model = str(args.model or default_model_path())
+        self.info = read_model_info(self.model)
+        self.n_ctx_train = self.info.n_ctx_train
+        self.lengths = sorted(set(args.lengths or default_lengths(self.n_ctx_train)))
+        args.lengths = self.lengths  # recorded in the report's command
+        self.specs = expand_methods(args.methods, parse_grid(getattr(args, "grid", [])))
+        self.out = Path(args.out)
+        self.llama_kwargs: Dict[str, Any] = dict(
+            n_batch=args.n_batch, n_ubatch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
+            n_gpu_layers=args.n_gpu_layers, flash_attn=False, verbose=False)
+        self.model_name = self.info.name or Path(self.model).name
+
+    def announce(self, n_ctxs: Sequence[int]) -> None:
+        """Print the model and each method's setting (the automatic G/W choice included)."""
+        resolved = {n: resolve_all(self.specs, n, self.n_ctx_train) for n in n_ctxs}  # errors before output
+        print(f"model: {self.model} ({self.info.arch}, trained on {self.n_ctx_train} tokens)")
+        for n, methods in resolved.items():
+            text = ", ".join(f"{m.label}: {m.setting}" for m in methods)
+            print(f"n_ctx {n}: {text}")
+            for m in methods:
+                if m.auto:
+                    logger.info("%s at n_ctx=%d: automatic %s", m.label, n, m.setting)
+        print()
+
+    def progress(self, total: int, unit: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit=unit, disable=self.args.no_progress, dynamic_ncols=True)
+
+    def store(self, command: str, compat: Dict[str, Any],
+              summarize: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]]) -> "_Store":
+        """The report of ``command`` in ``--out``, continued when ``--resume`` is given."""
+        return _Store(self, command, compat, summarize)
+
+
+class _Store:
+    """A command's report, rewritten after every finished unit of work.
+
+    A long run that is cut off keeps what it measured, and ``--resume`` continues it: units the
+    report already has are skipped, new ones are added (other methods, lengths or trials), as
+    long as the options that change the numbers (``compat``) are the same. ``summarize``
+    recomputes the summary from all rows; without it summary rows are kept as added.
+    """
+
+    def __init__(self, run: _Run, command: str, compat: Dict[str, Any],
+                 summarize: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]]):
+        from ..errors import EvaluationError
+        from .report import command_line, schema_name
+
+        self.run, self.command, self.compat, self.summarize = run, command, compat, summarize
+        self.path = run.out / f"{command}.json"
+        self.rows: List[Dict[str, Any]] = []
+        self.summary_rows: List[Dict[str, Any]] = []
+        self.methods: List[Dict[str, Any]] = []
+        self.commands: List[str] = []
+        if run.args.resume and self.path.is_file():
+            old = json.loads(self.path.read_text(encoding="utf-8"))
+            if old.get("schema") != schema_name(command):
+                raise EvaluationError(f"{self.path} is not a {schema_name(command)} report "
+                                      f"(schema {old.get('schema')!r}); use another --out or drop --resume")
+            if (old["model"]["path"], old["model"]["size_bytes"]) != (run.model, os.path.getsize(run.model)):
+                raise EvaluationError(f"{self.path} measured another model ({old['model']['path']}); "
+                                      "use another --out or the same --model")
+            differ = {k: (old["settings"].get(k), v) for k, v in compat.items() if old["settings"].get(k) != v}
+            if differ:
+                what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+                raise EvaluationError(f"cannot resume {self.path}: it was measured with other settings ({what}). "
+                                      "Pass the same options, or use another --out.")
+            self.rows, self.summary_rows = list(old["rows"]), list(old["summary"])
+            self.methods = list(old["methods"])
+            self.commands = list(old["settings"].get("runs", [old["command"]]))
+        self.commands.append(command_line(command, run.args._parser, run.args))
+
+    def has(self, *key: Any, fields: Sequence[str]) -> bool:
+        """Whether some row has these values in ``fields``."""
+        return any(tuple(r[f] for f in fields) == key for r in self.rows)
+
+    def add(self, rows: Sequence[Dict[str, Any]], *, summary: Sequence[Dict[str, Any]] = (), method: Any = None) -> None:
+        """Add a finished unit's rows (and summary rows), then rewrite the report."""
+        self.rows += rows
+        self.summary_rows += summary
+        if method is not None:
+            d = method.describe()
+            if not any((m["label"], m["n_ctx"]) == (d["label"], d["n_ctx"]) for m in self.methods):
+                self.methods.append(d)
+        self.write()
+
+    def summary(self) -> List[Dict[str, Any]]:
+        return self.summarize(self.rows) if self.summarize else self.summary_rows
+
+    def write(self) -> Path:
+        from .report import envelope, write_json
+
+        lengths = sorted({r.get("length", r.get("n_ctx")) for r in self.rows})
+        settings = {**self.compat, "lengths": lengths, "n_ctx_train": self.run.n_ctx_train, "runs": self.commands}
+        report = envelope(self.command, command_text=self.commands[-1], model=self.run.model,
+                          threads=self.run.args.threads, settings=settings, methods=self.methods,
+                          rows=self.rows, summary=self.summary())
+        return write_json(report, self.path)
+
+    def finish(self, table: Callable[[List[Dict[str, Any]]], str],
+               plots: Callable[[List[Dict[str, Any]], List[Dict[str, Any]]], List[Path]]) -> int:
+        """Print the table of everything the report holds, write it and its plots."""
+        summary = self.summary()
+        print(table(summary))
+        path = self.write()
+        print(f"\nwrote {path}")
+        for p in plots(self.rows, summary):
+            print(f"wrote {p}")
+        return 0
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def cmd_passkey(args: argparse.Namespace) -> int:
+    """Passkey retrieval over a grid of prompt lengths x key depths, several keys per cell, per method."""
+    from .. import load_llama_cpp
+    from . import passkey_eval as pe
+
+    run = _Run(args, lambda L: [2 * L])
+    n_ctxs = [args.n_ctx] if args.n_ctx else run.lengths
+    run.announce(n_ctxs)
+    compat = dict(depths=sorted(args.depths), keys=args.keys, seed=args.seed, max_tokens=args.max_tokens,
+                  n_ctx=args.n_ctx, n_batch=args.n_batch)
+    store = run.store("passkey", compat, pe.summarize)
+    vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
+    try:
+        cases = pe.make_cases(lambda s: vocab.tokenize(s.encode(), add_bos=True), run.lengths, args.depths,
+                              args.keys, max_tokens=args.max_tokens, seed=args.seed)
+    finally:
+        vocab.close()
+    with run.progress(len(cases) * len(run.specs), "prompt") as bar:
+        pe.run_grid(run.model, run.specs, cases, run.n_ctx_train, n_ctx=args.n_ctx, max_tokens=args.max_tokens,
+                    llama_kwargs=run.llama_kwargs, progress=bar,
+                    skip=lambda label, length: store.has(label, length, fields=("method", "length")),
+                    on_unit=lambda rows, method: store.add(rows, method=method))
+    return store.finish(pe.table, lambda rows, summary: pe.plot(summary, run.out, run.model_name))
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    """Perplexity of a long text by token position (bucketed), per method, inside and beyond the trained length."""
+    from .. import load_llama_cpp
+    from . import perplexity as pp
+    from .text_source import TEXT_TITLE, default_text_path
+
+    run = _Run(args, lambda L: [2 * L])
+    run.announce(run.lengths)
+    text_path = Path(args.text) if args.text else default_text_path()
+    text = text_path.read_text(encoding="utf-8", errors="replace")
+    vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
+    try:
+        tokens = vocab.tokenize(text.encode("utf-8"), add_bos=True)
+    finally:
+        vocab.close()
+    bucket = args.bucket or max(1, run.n_ctx_train // 8)
+    compat = dict(bucket=bucket, n_batch=args.n_batch,
+                  text={"path": str(text_path), "tokens": len(tokens), "title": None if args.text else TEXT_TITLE})
+    store = run.store("perplexity", compat, None)
+    with run.progress(len(run.specs) * sum(run.lengths), "tok") as bar:
+        pp.run(run.model, run.specs, tokens, run.n_ctx_train, lengths=run.lengths, bucket=bucket,
+               llama_kwargs=run.llama_kwargs, progress=bar,
+               skip=lambda label, length: store.has(label, length, fields=("method", "length")),
+               on_unit=lambda rows, total, method: store.add(rows, summary=[total], method=method))
+    return store.finish(pp.table, lambda rows, summary: pp.plot(rows, summary, run.n_ctx_train, run.out,
+                                                                run.model_name))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Prompt and decode tokens/s, KV cache, compute buffers and peak RSS per method and n_ctx, as ratios to none."""
+    from . import bench as bn
+
+    run = _Run(args, lambda L: [L, 2 * L])
+    run.announce(run.lengths)
+    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, flash_attn=False), bn.summarize)
+    with run.progress(len(run.specs) * len(run.lengths) * args.repeat, "run") as bar:
+        bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
+               llama_kwargs=run.llama_kwargs, repeat=args.repeat, progress=bar,
+               skip=lambda label, n_ctx, trial: store.has(label, n_ctx, trial, fields=("method", "n_ctx", "trial")),
+               on_unit=lambda row, method: store.add([row], method=method))
+    return store.finish(bn.table, lambda rows, summary: bn.plot(summary, run.out, run.model_name))

@@ -1,0 +1,238 @@
+"""Miniatures of ``selfextend-gguf passkey|perplexity|bench`` on a tiny model (seconds each).
+
+They run the real commands end to end and check what a reader relies on: the markdown table
+on stdout, the JSON report and its schema, valid PNG files, and numbers that make sense.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+
+import pytest
+
+from selfextend_gguf.cli import main
+from selfextend_gguf.evaluate.report import ENVELOPE_KEYS
+from tiny_models import write_tiny_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+COMMON = ["--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny128(tmp_path_factory):
+    """A tiny llama trained on 128 tokens: the passkey instructions (~250 tiny-vocab tokens) fit 2x that."""
+    return str(write_tiny_model(tmp_path_factory.mktemp("eval") / "llama128.gguf", arch="llama",
+                                context_length=128, seed=7))
+
+
+def _report(path, command):
+    report = json.loads(path.read_text())
+    assert tuple(report) == ENVELOPE_KEYS
+    assert report["schema"] == f"selfextend-gguf/{command}/1"
+    assert report["command"].startswith(f"selfextend-gguf {command} ")
+    assert report["model"]["n_ctx_train"] == 128 and report["model"]["arch"] == "llama"
+    assert report["machine"]["llama_cpp_python"] and report["machine"]["threads"] == 1
+    return report
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100
+
+
+def _table_lines(out):
+    return [line for line in out.splitlines() if line.startswith("|")]
+
+
+def test_passkey_miniature(tiny128, tmp_path, capsys):
+    out_dir = tmp_path / "pk"
+    rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--depths", "0", "1", "--keys", "2",
+               "--max-tokens", "4", "--methods", "none", "yarn", "shift", "exact", "--grid", "4:32", "--out", str(out_dir),
+               *COMMON])
+    assert rc == 0
+    out = capsys.readouterr().out
+    table = _table_lines(out)
+    labels = ["none", "yarn", "shift", "exact", "shift@G4W32", "exact@G4W32"]
+    assert table[0].startswith("| length | method | setting | depth 0 | depth 1 | accuracy |")
+    assert len(table) == 2 + 2 * len(labels)
+    assert "n_ctx 320:" in out and "exact: G=5 W=16 (auto)" in out  # the automatic choice is shown
+
+    report = _report(out_dir / "passkey.json", "passkey")
+    rows = report["rows"]
+    assert len(rows) == 2 * 2 * 2 * len(labels)
+    assert {r["method"] for r in rows} == set(labels)
+    for r in rows:
+        assert len(r["key"]) == 5 and isinstance(r["found"], bool) and r["prompt_tokens"] <= r["length"] - 4
+        assert r["n_ctx"] == r["length"]
+    # the same keys for every method
+    keys = {(r["length"], r["depth"], r["key_index"]): r["key"] for r in rows if r["method"] == "none"}
+    assert all(keys[r["length"], r["depth"], r["key_index"]] == r["key"] for r in rows)
+    overall = {s["method"]: s for s in report["summary"] if s["length"] is None}
+    assert all(s["total"] == 8 and 0 <= s["accuracy"] <= 1 for s in overall.values())
+    auto = [m for m in report["methods"] if m["label"] == "exact"]
+    assert {(m["n_ctx"], m["group_size"], m["auto"]) for m in auto} == {(256, 4, True), (320, 5, True)}
+    for label in ("none", "yarn", "shift", "exact", "shift-G4W32", "exact-G4W32"):
+        _assert_png(out_dir / f"passkey_{label}.png")
+
+
+def test_perplexity_miniature(tiny128, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the grass is green and the sky is blue"] * 60))
+    out_dir = tmp_path / "pp"
+    rc = main(["perplexity", "--model", tiny128, "--text", str(text), "--lengths", "256", "--bucket", "64",
+               "--n-batch", "64", "--methods", "none", "linear", "shift", "--out", str(out_dir), "--threads", "1"])
+    assert rc == 0
+    table = _table_lines(capsys.readouterr().out)
+    assert table[0] == "| tokens | method | setting | ppl | ppl < L | ppl >= L | seconds |" and len(table) == 5
+
+    report = _report(out_dir / "perplexity.json", "perplexity")
+    assert report["settings"]["text"]["path"] == str(text) and report["settings"]["bucket"] == 64
+    for s in report["summary"]:
+        for key in ("ppl", "ppl_inside", "ppl_beyond"):
+            assert math.isfinite(s[key]) and s[key] > 1
+        assert s["tokens_inside"] == 127 and s["tokens_beyond"] == 128
+    for method in ("none", "linear", "shift"):
+        buckets = [r for r in report["rows"] if r["method"] == method]
+        assert [(b["start"], b["tokens"]) for b in buckets] == [(0, 63), (64, 64), (128, 64), (192, 64)]
+        # the buckets are the per-position NLLs regrouped: their weighted mean is the overall one
+        mean = sum(b["mean_nll"] * b["tokens"] for b in buckets) / sum(b["tokens"] for b in buckets)
+        s = next(s for s in report["summary"] if s["method"] == method)
+        assert math.exp(mean) == pytest.approx(s["ppl"], rel=1e-9)
+    ppl = {s["method"]: s["ppl"] for s in report["summary"]}
+    assert len(set(ppl.values())) == 3  # three different methods, three different results
+    _assert_png(out_dir / "perplexity_256.png")
+
+
+def test_perplexity_text_too_short(tiny128, tmp_path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text("too short")
+    rc = main(["perplexity", "--model", tiny128, "--text", str(text), "--lengths", "256", "--out",
+               str(tmp_path), *COMMON])
+    assert rc == 2 and "fewer than the length 256" in capsys.readouterr().err
+
+
+def test_bench_miniature(tiny128, tmp_path, capsys):
+    out_dir = tmp_path / "bn"
+    rc = main(["bench", "--model", tiny128, "--lengths", "128", "256", "--decode", "3", "--methods", "none",
+               "shift", "exact", "--repeat", "2", "--out", str(out_dir), *COMMON])
+    assert rc == 0
+    table = _table_lines(capsys.readouterr().out)
+    assert table[0].startswith("| n_ctx | method | setting | prompt tok/s | decode tok/s | KV MiB") and len(table) == 8
+    report = _report(out_dir / "bench.json", "bench")
+    trials, rows = report["rows"], report["summary"]
+    assert len(trials) == 12 and sorted({t["trial"] for t in trials}) == [0, 1]
+    assert len(rows) == 6 and all(r["trials"] == 2 for r in rows)
+    for r in trials:
+        for key in ("prompt_tps", "decode_tps", "kv_mib", "compute_mib", "peak_rss_mib"):
+            assert r[key] > 0, (key, r)
+        assert r["prompt_tokens"] == r["n_ctx"] - 3 - 8
+    for r in rows:  # the summary is the median of the two trials
+        pair = [t["prompt_tps"] for t in trials if (t["n_ctx"], t["method"]) == (r["n_ctx"], r["method"])]
+        assert r["prompt_tps"] == pytest.approx(sum(pair) / 2)
+    base = [r for r in rows if r["method"] == "none"]
+    assert all(r["prompt_x"] == r["decode_x"] == r["memory_x"] == 1.0 for r in base)
+    # same model, same n_ctx: the KV cache is the same size for every method
+    for n in (128, 256):
+        assert len({r["kv_mib"] for r in rows if r["n_ctx"] == n}) == 1
+    assert {r["setting"] for r in rows if r["n_ctx"] == 256 and r["method"] == "exact"} == {"G=4 W=16 (auto)"}
+    _assert_png(out_dir / "bench.png")
+
+
+def test_missing_matplotlib_still_writes_json(tiny128, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out_dir = tmp_path / "nomp"
+    rc = main(["bench", "--model", tiny128, "--lengths", "128", "--decode", "1", "--methods", "none",
+               "--out", str(out_dir), *COMMON])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "matplotlib is not installed" in captured.err and "selfextend-gguf[plots]" in captured.err
+    assert (out_dir / "bench.json").is_file() and not list(out_dir.glob("*.png"))
+
+
+def test_bad_grid_fails_before_loading(tiny128, tmp_path, capsys):
+    rc = main(["passkey", "--model", tiny128, "--lengths", "256", "--grid", "2:128", "--out", str(tmp_path), *COMMON])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "window=128 must be smaller than the model's trained context length 128" in captured.err
+    assert "model:" not in captured.out and not (tmp_path / "passkey.json").exists()
+
+
+def test_passkey_one_n_ctx_for_all_lengths(tiny128, tmp_path, capsys):
+    """--n-ctx runs every length with one setting (as the paper's figure); it must cover the longest."""
+    rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--depths", "0.5", "--keys", "1",
+               "--max-tokens", "2", "--methods", "exact", "--n-ctx", "320", "--out", str(tmp_path), *COMMON])
+    assert rc == 0
+    report = json.loads((tmp_path / "passkey.json").read_text())
+    assert {(r["length"], r["n_ctx"], r["setting"]) for r in report["rows"]} == {
+        (256, 320, "G=5 W=16 (auto)"), (320, 320, "G=5 W=16 (auto)")}
+    assert "--n-ctx 320" in report["command"]
+    capsys.readouterr()
+    rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--n-ctx", "300", "--out", str(tmp_path),
+               *COMMON])
+    assert rc == 2 and "--n-ctx 300 is smaller than the longest length 320" in capsys.readouterr().err
+
+
+def test_passkey_report_survives_a_crash_and_resumes(tiny128, tmp_path, capsys, monkeypatch):
+    """The report is rewritten after each method; --resume keeps it and runs only what is missing."""
+    from selfextend_gguf.evaluate.methods import Method
+
+    base = ["passkey", "--model", tiny128, "--depths", "0.5", "--keys", "1", "--max-tokens", "2",
+            "--out", str(tmp_path), *COMMON]
+    real_build = Method.build
+
+    def build(self, *a, **k):
+        if self.kind == "exact":
+            raise RuntimeError("simulated crash")
+        return real_build(self, *a, **k)
+
+    monkeypatch.setattr(Method, "build", build)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*base, "--lengths", "256", "--methods", "none", "exact"])
+    first = json.loads((tmp_path / "passkey.json").read_text())
+    assert {(r["method"], r["length"]) for r in first["rows"]} == {("none", 256)}
+
+    monkeypatch.setattr(Method, "build", real_build)
+    assert main([*base, "--lengths", "256", "320", "--methods", "none", "exact", "--resume"]) == 0
+    report = json.loads((tmp_path / "passkey.json").read_text())
+    assert {(r["method"], r["length"]) for r in report["rows"]} == {
+        ("none", 256), ("none", 320), ("exact", 256), ("exact", 320)}
+    kept = [r for r in report["rows"] if (r["method"], r["length"]) == ("none", 256)]
+    assert kept == first["rows"]  # not measured again
+    assert len(report["settings"]["runs"]) == 2 and report["settings"]["lengths"] == [256, 320]
+    assert "| 320 | exact |" in capsys.readouterr().out
+
+    # other settings cannot be mixed into the same report
+    assert main([*base, "--lengths", "256", "--keys", "2", "--resume"]) == 2
+    assert "keys: 1 there, 2 now" in capsys.readouterr().err
+
+
+def test_bench_resume_adds_trials(tiny128, tmp_path, capsys):
+    base = ["bench", "--model", tiny128, "--lengths", "128", "--decode", "1", "--methods", "none", "shift",
+            "--out", str(tmp_path), *COMMON]
+    assert main(base) == 0
+    first = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert main([*base, "--repeat", "2", "--resume"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [t for t in report["rows"] if t["trial"] == 0] == first
+    assert sorted((t["method"], t["trial"]) for t in report["rows"]) == [
+        ("none", 0), ("none", 1), ("shift", 0), ("shift", 1)]
+    assert all(s["trials"] == 2 for s in report["summary"])
+
+
+def test_perplexity_resume_adds_methods(tiny128, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["a cat sat on the mat"] * 80))
+    base = ["perplexity", "--model", tiny128, "--text", str(text), "--lengths", "200", "--bucket", "50",
+            "--out", str(tmp_path / "pp"), *COMMON]
+    assert main([*base, "--methods", "none"]) == 0
+    first = json.loads((tmp_path / "pp" / "perplexity.json").read_text())
+    assert main([*base, "--methods", "none", "linear", "--resume"]) == 0
+    report = json.loads((tmp_path / "pp" / "perplexity.json").read_text())
+    assert [s["method"] for s in report["summary"]] == ["none", "linear"]
+    assert report["summary"][0] == first["summary"][0]
+    assert len(report["rows"]) == 2 * len(first["rows"])
