@@ -22,7 +22,9 @@ import pytest
 
 from selfextend_gguf import LongLlama
 
-ROOT = Path(__file__).resolve().parents[1]
+# the child imports selfextend_gguf as the tests do (the installed package, or PYTHONPATH), never the
+# checkout's source tree that `python -m` would put first from a cwd at the repository root
+_OUTSIDE_CHECKOUT = os.path.dirname(sys.executable)
 G, W, N_CTX, N_BATCH, MAX_TOKENS = 4, 16, 200, 32, 8
 SYSTEM = "you answer in short words about the quick brown fox and its dog."
 STATUS = re.compile(rb"\r\n\[(\d+) of (\d+) tokens in context, [\d.]+ s\]\r\n")
@@ -36,12 +38,12 @@ class Terminal:
     def __init__(self, model: Path, *extra: str):
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100x24 terminal
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "PYTHONIOENCODING": "utf-8", "TERM": "dumb"}
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8", "TERM": "dumb"}
         cmd = [sys.executable, "-m", "selfextend_gguf.cli", "chat", "--model", str(model), "--mode", extra[0],
                "-G", str(G), "-W", str(W), "--n-ctx", str(N_CTX), "--n-batch", str(N_BATCH), "--threads", "1",
                "--temperature", "0", "--max-tokens", str(MAX_TOKENS), "--system", SYSTEM, *extra[1:]]
-        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                                     cwd=_OUTSIDE_CHECKOUT)
         os.close(slave)
         self.fd = master
         self.seen = b""

@@ -22,7 +22,9 @@ pytest.importorskip("fastapi", reason="the server extra is not installed: pip in
 
 from selfextend_gguf import LongLlama  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+# the child imports selfextend_gguf as the tests do (the installed package, or PYTHONPATH), never the
+# checkout's source tree that `python -m` would put first from a cwd at the repository root
+_OUTSIDE_CHECKOUT = os.path.dirname(sys.executable)
 G, W, N_CTX, N_BATCH = 4, 16, 200, 32
 ASCII_ONLY = {str(i): -1e9 for i in range(3 + 0x80, 3 + 0x100)}  # random weights: keep replies ASCII
 PROMPTS = [("the quick brown fox jumps over the lazy dog. " * 4)[: 110 + 9 * i] for i in range(5)]
@@ -40,11 +42,12 @@ class Server:
 
     def __init__(self, model: Path, mode: str, *extra: str):
         self.port = _free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = dict(os.environ)
         cmd = [sys.executable, "-m", "selfextend_gguf.cli", "serve", "--model", str(model), "--mode", mode,
                "-G", str(G), "-W", str(W), "--n-ctx", str(N_CTX), "--n-batch", str(N_BATCH), "--threads", "1",
                "--host", "127.0.0.1", "--port", str(self.port), *extra]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     cwd=_OUTSIDE_CHECKOUT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
