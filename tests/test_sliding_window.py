@@ -1,6 +1,6 @@
 """Sliding-window attention (SWA): the paper's rule, what each mode does, and what is refused.
 
-The rule (SelfExtend paper; patch 0003): sliding-window layers stay local and stock, SelfExtend
+The rule (SelfExtend paper; patch 0005): sliding-window layers stay local and stock, SelfExtend
 applies to the full-attention layers.
 
 - Gemma-style interleaved SWA (tiny ``gemma3``): exact mode changes the full-attention layers
