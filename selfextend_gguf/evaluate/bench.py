@@ -34,8 +34,15 @@ _COMPUTE = re.compile(r"compute buffer size (?:of|=)\s*([\d.]+) MiB")
 
 
 def buffer_sizes(log: str) -> tuple:
-    """(KV cache MiB, compute buffer MiB) summed over backends from llama.cpp's log of a context."""
-    return (sum(float(x) for x in _KV.findall(log)), sum(float(x) for x in _COMPUTE.findall(log)))
+    """(KV cache MiB, compute buffer MiB) summed over backends from llama.cpp's log of a context.
+
+    The compute buffers are reserved again when the graph changes (``llama_set_self_extend`` on an
+    exact-mode context re-reserves at the next decode): each reservation, which starts with
+    "reserving", is summed over its backends, and the largest one is the size.
+    """
+    kv = sum(float(x) for x in _KV.findall(log))
+    compute = max((sum(float(x) for x in _COMPUTE.findall(part)) for part in log.split("reserving")), default=0.0)
+    return kv, compute
 
 
 @contextlib.contextmanager
@@ -93,13 +100,14 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
     per_run = reset_peak_rss()
     with capture_llama_log() as log:
         llm = method.build(model, **llama_kwargs)
-        kv, compute_reserved = buffer_sizes("".join(log))
         try:
             rng = np.random.default_rng(seed)
             tokens = [int(t) for t in rng.integers(min(100, llm.n_vocab() // 4), llm.n_vocab() - 1, size=n_prompt + decode)]
             t0 = time.perf_counter()
             llm.eval(tokens[:n_prompt])
             t_prompt = time.perf_counter() - t0
+            # after the first decode: its reservation is in the log too
+            kv, compute_reserved = buffer_sizes("".join(log))
             t0 = time.perf_counter()
             for t in tokens[n_prompt:]:  # one token at a time, as generation does
                 llm.eval([t])
