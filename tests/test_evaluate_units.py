@@ -208,3 +208,20 @@ def test_default_text_is_long_english_prose(tmp_path, monkeypatch):
     vocab = llama_cpp.Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
     assert len(vocab.tokenize(text.encode())) >= 40_000
     vocab.close()
+
+
+def test_buffer_sizes_takes_the_largest_reservation():
+    """llama_set_self_extend makes the context reserve again at the next decode: the size is the
+    largest reservation (summed over its backends), not the first one, and not all of them added."""
+    from selfextend_gguf.evaluate.bench import buffer_sizes
+
+    log = ("llama_kv_cache:        CPU KV buffer size =    90.00 MiB\n"
+           "sched_reserve: reserving ...\n"
+           "sched_reserve:        CPU compute buffer size =    99.38 MiB\n"
+           "sched_reserve:      CUDA0 compute buffer size =    10.00 MiB\n"
+           "llama_set_self_extend: exact self-extend on: group_size = 4, window = 1024\n"
+           "sched_reserve: reserving ...\n"
+           "sched_reserve:        CPU compute buffer size =   223.75 MiB\n"
+           "sched_reserve:      CUDA0 compute buffer size =    20.00 MiB\n")
+    assert buffer_sizes(log) == (90.0, 243.75)
+    assert buffer_sizes(log.split("llama_set_self_extend")[0]) == (90.0, 109.38)
