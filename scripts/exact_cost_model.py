@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""How fast exact mode can be, from arithmetic alone: multiply-adds of stock vs exact attention.
+
+The exact-mode graph (patches/0005) computes with dense products of stock ggml ops, so it does
+more multiply-adds than the stock graph: per ubatch that has a query at position >= W it scores
+the gathered neighbour keys twice (once exactly, once inside the grouped product whose columns
+the exact scores then overwrite), scores the W keys stored exact (positions < W) once more against
+the grouped queries, and multiplies V by the probabilities of all gathered keys. Decoding scores
+the gathered keys (up to 2W) on top of the whole cache. This script counts those multiply-adds
+for the same workload as ``selfextend-gguf bench`` (a prompt that fills n_ctx less
+``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode`` single tokens), with the
+model's weight matrices added, and prints stock/exact: the throughput ratio exact mode would
+reach if it ran every multiply-add at the stock graph's rate and nothing else cost time. It
+leaves out the second RoPE of the gathered keys (sin/cos per key and frequency), the softmax
+over the longer rows, the copies and the mask, so measured ratios are lower.
+
+    .venv/bin/python scripts/exact_cost_model.py --lengths 4096 16384 32768 --setting 4:1024 4:1024 8:1024
+    .venv/bin/python scripts/exact_cost_model.py --model other.gguf --lengths 16384 --setting 4:512
+
+Sizes follow the graph: n_kv is the used cells padded to 256, gathers of a ubatch of several
+tokens are padded to 32, and a ubatch whose queries are all at positions < W takes the stock path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Iterator, List, Sequence, Tuple
+
+
+def _pad(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the count needs from a model: per-token weight multiply-adds and the attention shape."""
+
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    weight_macs: int  # per token, the layers' weight matrices (the output matrix is left out)
+
+    @classmethod
+    def from_gguf(cls, path: str) -> "Shape":
+        from gguf import GGUFReader  # the package the tests use to write tiny models
+
+        r = GGUFReader(path)
+        arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
+
+        def value(key: str) -> int:
+            field = r.fields[f"{arch}.{key}"]
+            return int(field.parts[field.data[0]][0])
+
+        n_layer, n_head, n_embd = value("block_count"), value("attention.head_count"), value("embedding_length")
+        n_head_kv = value("attention.head_count_kv") if f"{arch}.attention.head_count_kv" in r.fields else n_head
+        head_dim_k = value("attention.key_length") if f"{arch}.attention.key_length" in r.fields else n_embd // n_head
+        head_dim_v = value("attention.value_length") if f"{arch}.attention.value_length" in r.fields else head_dim_k
+        weight_macs = 0
+        for t in r.tensors:
+            if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2:
+                weight_macs += int(t.shape[0]) * int(t.shape[1])
+        return cls(n_layer, n_head, n_head_kv, head_dim_k, head_dim_v, weight_macs)
+
+
+def _ubatches(n_prompt: int, n_ubatch: int) -> Iterator[Tuple[int, int]]:
+    for p in range(0, n_prompt, n_ubatch):
+        yield p, min(n_ubatch, n_prompt - p)
+
+
+def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int, int]:
+    """(stock, exact, gathered keys re-rotated) multiply-adds of evaluating a prompt from position 0."""
+    stock = exact = rotated = 0
+    per_key = s.n_layer * s.n_head  # one score (or one row of V) per layer and head
+    for p, n in _ubatches(n_prompt, n_ubatch):
+        n_kv = _pad(p + n, 256)
+        base = n * s.weight_macs
+        attn = n * per_key * n_kv * (s.head_dim_k + s.head_dim_v)
+        stock += base + attn
+        i_min, i_max = p, p + n - 1
+        if w <= 0 or i_max < w:  # every query sees every key exactly: the stock path
+            exact += base + attn
+            continue
+        n_nb = i_max - max(0, i_min - w + 1) + 1  # the cells within W of some query of the ubatch
+        n_nb = _pad(n_nb, 32) if n > 1 else n_nb
+        n_grp = min(w, i_max - w + 1)
+        n_grp = _pad(n_grp, 32) if n > 1 and n_grp > 0 else n_grp
+        n_gather = n_nb + n_grp
+        qk = n * per_key * s.head_dim_k * (n_gather + n_kv + n_nb)  # grouped product over [gathered, cache], exact nb
+        pv = n * per_key * s.head_dim_v * (n_gather + n_kv)
+        exact += base + qk + pv
+        rotated += s.n_layer * s.n_head_kv * n_gather
+    return stock, exact, rotated
+
+
+def decode_macs(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int, int]:
+    """(stock, exact, gathered keys re-rotated) multiply-adds of decoding ``n_decode`` tokens after ``n_past``."""
+    stock = exact = rotated = 0
+    per_key = s.n_layer * s.n_head
+    for i in range(n_past, n_past + n_decode):
+        n_kv = _pad(i + 1, 256)
+        base = s.weight_macs
+        attn = per_key * n_kv * (s.head_dim_k + s.head_dim_v)
+        stock += base + attn
+        if w <= 0 or i < w:
+            exact += base + attn
+            continue
+        n_gather = min(i + 1, w) + max(0, min(w, i - w + 1))
+        exact += base + attn + per_key * s.head_dim_k * n_gather  # V: the probabilities are scattered, not gathered
+        rotated += s.n_layer * s.n_head_kv * n_gather
+    return stock, exact, rotated
+
+
+def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int, decode: int) -> str:
+    rows: List[str] = ["| n_ctx | G | W | prompt bound | decode bound | keys re-rotated per prompt token | per decoded token |",
+                       "|---|---|---|---|---|---|---|"]
+    for n_ctx, (g, w) in zip(lengths, settings):
+        n_prompt = n_ctx - decode - 8
+        ps, pe, pr = prompt_macs(s, n_prompt, n_ubatch, w)
+        ds, de, dr = decode_macs(s, n_prompt, decode, w)
+        rows.append(f"| {n_ctx} | {g} | {w} | {ps / pe:.2f}x | {ds / de:.2f}x | {pr / n_prompt:.0f} | {dr / decode:.0f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="GGUF model (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--setting", nargs="+", default=None, metavar="G:W",
+                        help="G:W per length (default: 4:1024 4:1024 8:1024, the README's cost table)")
+    parser.add_argument("--n-ubatch", type=int, default=512)
+    parser.add_argument("--decode", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    settings_text = args.setting or ["4:1024", "4:1024", "8:1024"][:len(args.lengths)]
+    if len(settings_text) != len(args.lengths):
+        parser.error(f"give one G:W per length ({len(args.lengths)} lengths, {len(settings_text)} settings)")
+    try:
+        settings = [tuple(int(x) for x in t.split(":")) for t in settings_text]
+        if any(len(t) != 2 or t[0] < 1 or t[1] < 1 for t in settings):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--setting takes G:W with integers G >= 1, W >= 1, e.g. 4:1024 (got {settings_text})")
+    for n_ctx in args.lengths:
+        if n_ctx - args.decode - 8 < 1:
+            parser.error(f"n_ctx={n_ctx} leaves no room for a prompt before {args.decode} decoded tokens")
+
+    model = args.model
+    if model is None:
+        from selfextend_gguf.models import default_model_path
+        model = str(default_model_path())
+    s = Shape.from_gguf(model)
+    print(f"model: {model} ({s.n_layer} layers, {s.n_head}/{s.n_head_kv} heads, head dim {s.head_dim_k}, "
+          f"{s.weight_macs / 1e6:.1f}M weight multiply-adds per token)")
+    print(table(s, args.lengths, settings, n_ubatch=args.n_ubatch, decode=args.decode))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

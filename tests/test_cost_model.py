@@ -1,0 +1,86 @@
+"""scripts/exact_cost_model.py: the multiply-add count behind the README's cost bounds."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "exact_cost_model.py"
+
+
+@pytest.fixture(scope="module")
+def cm():
+    spec = importlib.util.spec_from_file_location("exact_cost_model", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look the module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shape_from_gguf(cm, tiny_llama_path):
+    s = cm.Shape.from_gguf(str(tiny_llama_path))
+    assert (s.n_layer, s.n_head, s.n_head_kv, s.head_dim_k, s.head_dim_v) == (2, 4, 2, 16, 16)
+    # per layer: q 64x64, k and v 32x64, output 64x64, gate/up/down 96x64 (tiny_models defaults)
+    assert s.weight_macs == 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 96 * 64)
+
+
+def _pad(n, to):
+    return -(-n // to) * to
+
+
+def _enumerated_extra(s, n_prompt, n_ubatch, w):
+    """The exact graph's extra multiply-adds, from the gathered cell sets enumerated pair by pair."""
+    extra = 0
+    for p in range(0, n_prompt, n_ubatch):
+        queries = range(p, min(p + n_ubatch, n_prompt))
+        if max(queries) < w:
+            continue
+        nb = {j for i in queries for j in range(0, i + 1) if i - j < w}
+        grp = {j for i in queries for j in range(0, min(w, i + 1)) if i - j >= w}
+        n = len(queries)
+        n_nb = _pad(len(nb), 32) if n > 1 else len(nb)
+        n_grp = _pad(len(grp), 32) if n > 1 and grp else len(grp)
+        gathered = n_nb + n_grp
+        extra += n * s.n_layer * s.n_head * (s.head_dim_k * (gathered + n_nb) + s.head_dim_v * gathered)
+    return extra
+
+
+@pytest.mark.parametrize("n_prompt,n_ubatch,w", [(300, 64, 40), (300, 64, 100), (130, 1, 16), (257, 32, 300)])
+def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
+    s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
+    stock, exact, rotated = cm.prompt_macs(s, n_prompt, n_ubatch, w)
+    assert exact - stock == _enumerated_extra(s, n_prompt, n_ubatch, w)
+    if w >= n_prompt:  # every ubatch takes the stock path
+        assert (exact, rotated) == (stock, 0)
+    else:
+        assert exact > stock and rotated > 0
+
+
+def test_decode_count(cm):
+    s = cm.Shape(n_layer=3, n_head=2, n_head_kv=1, head_dim_k=8, head_dim_v=8, weight_macs=500)
+    w = 10
+    stock, exact, rotated = cm.decode_macs(s, 25, 1, w)
+    # query 25: neighbours 16..25 (10 cells), cells 0..9 are stored exact and seen grouped (25 - j >= 10)
+    assert exact - stock == 3 * 2 * 8 * (10 + 10)
+    assert rotated == 3 * 1 * 20
+    assert cm.decode_macs(s, 5, 3, w)[0] == cm.decode_macs(s, 5, 3, w)[1]  # positions 5..7 < W: stock
+
+
+def test_cli_prints_the_table(tiny_llama_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_llama_path), "--lengths", "256", "128",
+                          "--setting", "2:16", "4:200", "--n-ubatch", "32", "--decode", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 256") or line.startswith("| 128")]
+    assert len(rows) == 2
+    assert "| 128 | 4 | 200 | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock path
+    assert float(rows[0].split("|")[4].strip().rstrip("x")) < 1.0
+
+
+def test_cli_rejects_bad_setting(tiny_llama_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_llama_path), "--lengths", "256",
+                        "--setting", "4x16"], capture_output=True, text=True)
+    assert r.returncode == 2 and "G:W" in r.stderr
