@@ -2,7 +2,8 @@
 # The README's Results, SmolLM2-135M from 1x to 4x its trained length (8k-32k tokens), into
 # docs/results (or $1). About 12 hours on 2 CPU cores, most of it passkey prompts at 24k-32k.
 # Every command runs with --resume: cut it off at any point and run it again, and it skips what
-# the reports already hold (docs/results has 16k so far).
+# the reports already hold (docs/results has passkey at 16k and perplexity at 16k and 32k so far;
+# docs/results/32k has passkey at 32k, depth 0.5 only, a separate report as its depths differ).
 #
 #   bash scripts/readme_results.sh                 # after python3 scripts/bootstrap.py setup
 #   THREADS=8 bash scripts/readme_results.sh       # more threads where there are more cores
