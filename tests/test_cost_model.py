@@ -28,11 +28,7 @@ def test_shape_from_gguf(cm, tiny_llama_path):
     assert s.weight_macs == 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 96 * 64)
 
 
-def _pad(n, to):
-    return -(-n // to) * to
-
-
-def _enumerated_extra(s, n_prompt, n_ubatch, w):
+def _enumerated_extra(cm, s, n_prompt, n_ubatch, w):
     """The exact graph's extra multiply-adds, from the gathered cell sets enumerated pair by pair."""
     extra = 0
     for p in range(0, n_prompt, n_ubatch):
@@ -42,8 +38,8 @@ def _enumerated_extra(s, n_prompt, n_ubatch, w):
         nb = {j for i in queries for j in range(0, i + 1) if i - j < w}
         grp = {j for i in queries for j in range(0, min(w, i + 1)) if i - j >= w}
         n = len(queries)
-        n_nb = _pad(len(nb), 32) if n > 1 else len(nb)
-        n_grp = _pad(len(grp), 32) if n > 1 and grp else len(grp)
+        n_nb = cm._pad(len(nb), 32) if n > 1 else len(nb)
+        n_grp = cm._pad(len(grp), 32) if n > 1 and grp else len(grp)
         gathered = n_nb + n_grp
         extra += n * s.n_layer * s.n_head * (s.head_dim_k * (gathered + n_nb) + s.head_dim_v * gathered)
     return extra
@@ -53,7 +49,7 @@ def _enumerated_extra(s, n_prompt, n_ubatch, w):
 def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
     s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
     stock, exact, rotated = cm.prompt_macs(s, n_prompt, n_ubatch, w)
-    assert exact - stock == _enumerated_extra(s, n_prompt, n_ubatch, w)
+    assert exact - stock == _enumerated_extra(cm, s, n_prompt, n_ubatch, w)
     if w >= n_prompt:  # every ubatch takes the stock path
         assert (exact, rotated) == (stock, 0)
     else:
