@@ -206,6 +206,14 @@ def test_passkey_report_survives_a_crash_and_resumes(tiny128, tmp_path, capsys, 
     assert len(report["settings"]["runs"]) == 2 and report["settings"]["lengths"] == [256, 320]
     assert "| 320 | exact |" in capsys.readouterr().out
 
+    # a --grid setting added at one length only: its heatmap has that column, the others keep theirs
+    assert main([*base, "--lengths", "320", "--methods", "exact", "--grid", "4:32", "--resume"]) == 0
+    report = json.loads((tmp_path / "passkey.json").read_text())
+    assert {r["length"] for r in report["rows"] if r["method"] == "exact@G4W32"} == {320}
+    for label in ("none", "exact", "exact-G4W32"):
+        _assert_png(tmp_path / f"passkey_{label}.png")
+    assert "| 320 | exact@G4W32 |" in capsys.readouterr().out
+
     # other settings cannot be mixed into the same report
     assert main([*base, "--lengths", "256", "--keys", "2", "--resume"]) == 2
     assert "keys: 1 there, 2 now" in capsys.readouterr().err

@@ -195,16 +195,19 @@ def _short(setting: str) -> str:
 
 
 def plot(summary: Sequence[Dict[str, Any]], out_dir: Path, model_name: str) -> List[Path]:
-    """One heatmap per method (depth x length, colour = accuracy), as in the SelfExtend paper."""
+    """One heatmap per method (depth x length, colour = accuracy), as in the SelfExtend paper.
+
+    Each method's columns are the lengths it ran at: a resumed report may hold a method (a
+    ``--grid`` setting, say) at some of its lengths only."""
     plt = pyplot()
     if plt is None:
         return []
     labels = list(dict.fromkeys(s["method"] for s in summary))
-    lengths = sorted({s["length"] for s in summary if s["length"] is not None})
     depths = sorted({s["depth"] for s in summary if s["depth"] is not None})
     cells = {(s["method"], s["length"], s["depth"]): s for s in summary}
     paths = []
     for label in labels:
+        lengths = sorted(n for (m, n, d) in cells if m == label and n is not None and d is None)
         grid = [[cells[label, n, d]["accuracy"] for n in lengths] for d in depths]
         fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(lengths), 1.6 + 0.45 * len(depths)), dpi=110)
         im = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
