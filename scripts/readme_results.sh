@@ -11,19 +11,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tool=(${SELFEXTEND_GGUF_CLI:-.venv/bin/selfextend-gguf})
 out="${1:-docs/results}"
-common=(--threads "${THREADS:-2}" --out "$out" --resume)
+run=(--threads "${THREADS:-2}" --resume)
+common=("${run[@]}" --out "$out")
+half=("${run[@]}" --out "$out/passkey-depth-0.5")  # the depth-0.5 passkey report
 
 # one length per command, so that a cut-off run keeps whole lengths. At 8k (n_ctx = L) the
 # automatic choice turns every extension off, so only the stock model and exact mode forced on run.
 "${tool[@]}" passkey --lengths 8192 --depths 0 0.5 1 --keys 1 --methods none exact@G2W1024 "${common[@]}"
 "${tool[@]}" passkey --lengths 16384 --depths 0 0.5 1 --keys 1 "${common[@]}"
 for length in 12288 24576 32768; do
-    "${tool[@]}" passkey --lengths "$length" --depths 0.5 --keys 1 \
-        --threads "${THREADS:-2}" --out "$out/passkey-depth-0.5" --resume
+    "${tool[@]}" passkey --lengths "$length" --depths 0.5 --keys 1 "${half[@]}"
 done
 # a fixed (G, W) next to the automatic one at 32k, where the automatic G = 8 missed the key
-"${tool[@]}" passkey --lengths 32768 --depths 0.5 --keys 1 --methods exact --grid 5:1024 \
-    --threads "${THREADS:-2}" --out "$out/passkey-depth-0.5" --resume
+"${tool[@]}" passkey --lengths 32768 --depths 0.5 --keys 1 --methods exact --grid 5:1024 "${half[@]}"
 for length in 16384 32768; do
     "${tool[@]}" perplexity --lengths "$length" --bucket 1024 "${common[@]}"
 done
