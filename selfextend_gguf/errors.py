@@ -58,3 +58,12 @@ class InvalidTokenError(SelfExtendError, ValueError):
 
 class EvaluationError(SelfExtendError, ValueError):
     """An evaluation command got input it cannot use (a text too short, an empty grid, ...)."""
+
+
+class StateError(SelfExtendError, ValueError):
+    """A saved state cannot be loaded: it has no self-extend record, it was changed since it was
+    saved, or the native library refused it. The instance is left empty, never inconsistent."""
+
+
+class ModelClosedError(SelfExtendError, RuntimeError):
+    """The model was used after :meth:`LongLlama.close` freed it."""

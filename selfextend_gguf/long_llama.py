@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import functools
+import inspect
+import itertools
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from . import state as _state
 from ._native import load_llama_cpp
 from .errors import (
     ContextLengthError,
     InvalidTokenError,
+    ModelClosedError,
     ModelFileError,
     PromptCancelled,
     SelfExtendConfigError,
     SelfExtendError,
+    StateError,
     UnsupportedModelError,
 )
 from .gguf_info import read_model_info
@@ -31,6 +38,41 @@ DEFAULT_MODE = "shift"
 
 #: ``progress_callback(n_done, n_total)``; returning ``False`` (not ``None``) cancels the evaluation
 ProgressCallback = Callable[[int, int], Optional[bool]]
+
+#: keyword arguments ``llama_cpp.Llama.__init__`` reads (it swallows any other name in ``**kwargs``)
+_LLAMA_KEYWORDS = frozenset(name for name, p in inspect.signature(llama_cpp.Llama.__init__).parameters.items()
+                            if name not in ("self", "model_path") and p.kind is not p.VAR_KEYWORD)
+#: the ones LongLlama adds
+_OWN_KEYWORDS = frozenset(("group_size", "window", "mode", "progress_callback"))
+
+
+def check_keywords(kwargs: Dict[str, Any], caller: str = "LongLlama()") -> None:
+    """Raise ``TypeError`` for a keyword that neither LongLlama nor ``llama_cpp.Llama`` knows.
+
+    ``Llama.__init__`` ends in ``**kwargs`` and ignores what it does not know, so a typo such as
+    ``mod="exact"`` or ``grop_size=8`` would silently run another mode or the automatic setting.
+    """
+    valid = _LLAMA_KEYWORDS | _OWN_KEYWORDS
+    for name in kwargs:
+        if name not in valid:
+            close = difflib.get_close_matches(name, sorted(valid), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see help(LongLlama) for the accepted ones."
+            raise TypeError(f"{caller} got an unexpected keyword argument {name!r}{hint}")
+
+
+def _open_only(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``method`` to raise :class:`ModelClosedError` after :meth:`LongLlama.close`.
+
+    ``Llama.close`` frees the native model and context but keeps the Python objects around them,
+    whose next call hands llama.cpp a NULL pointer and crashes the interpreter.
+    """
+    @functools.wraps(method)
+    def guarded(self: "LongLlama", *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_closed", False):
+            raise ModelClosedError(f"{method.__name__}() on a closed LongLlama: close() freed its model and "
+                                   "context. Create a new LongLlama to use the model again.")
+        return method(self, *args, **kwargs)
+    return guarded
 
 
 class LongLlama(llama_cpp.Llama):
@@ -75,10 +117,15 @@ class LongLlama(llama_cpp.Llama):
         progress_callback: Optional[ProgressCallback] = None,
         **kwargs: Any,
     ):
+        check_keywords(kwargs)
         if progress_callback is not None and not callable(progress_callback):
             raise TypeError(f"progress_callback must be a callable (n_done, n_total) -> bool | None, "
                             f"got {type(progress_callback).__name__}")
         self.progress_callback: Optional[ProgressCallback] = progress_callback
+        self._closed = False
+        self._completion_cap: Optional[int] = None
+        self._cap_reached = False
+        model_path = os.path.expanduser(os.fspath(model_path))  # Llama does not expand "~"
         info = read_model_info(model_path)
         n_ctx = kwargs.get("n_ctx", 512)
         if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx == 0:
@@ -88,7 +135,7 @@ class LongLlama(llama_cpp.Llama):
         self._requested_n_ctx = n_ctx if isinstance(n_ctx, int) else None
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
-        super().__init__(model_path=str(model_path), **kwargs)
+        super().__init__(model_path=model_path, **kwargs)
         try:
             self._check_model()
             self._enable(params)
@@ -178,11 +225,7 @@ class LongLlama(llama_cpp.Llama):
             ContextLengthError: the tokens would not fit in ``n_ctx``; nothing is evaluated.
             PromptCancelled: the progress callback returned ``False``.
         """
-        tokens = [int(t) for t in tokens]
-        bad = next((t for t in tokens if not 0 <= t < self._n_vocab), None)
-        if bad is not None:  # llama_decode would only say "returned -1"
-            raise InvalidTokenError(f"token id {bad} is not in this model's vocabulary (ids 0..{self._n_vocab - 1}); "
-                                    "make prompts with llm.tokenize(text.encode()) or pass text.")
+        tokens = self._check_tokens(tokens)  # llama_decode would only say "returned -1"
         total = self.n_tokens + len(tokens)
         if total > self._n_ctx:
             raise ContextLengthError(
@@ -216,6 +259,28 @@ class LongLlama(llama_cpp.Llama):
                 self._compress_block(end // schedule.window - 1)
             self._report(report, total)
 
+    def _check_tokens(self, tokens: Sequence[int], what: str = "token id") -> List[int]:
+        """``tokens`` as ints, or :class:`InvalidTokenError` naming the first one outside the vocabulary."""
+        tokens = [int(t) for t in tokens]
+        bad = next((t for t in tokens if not 0 <= t < self._n_vocab), None)
+        if bad is not None:
+            raise InvalidTokenError(f"{what} {bad} is not in this model's vocabulary (ids 0..{self._n_vocab - 1}); "
+                                    "make token ids with llm.tokenize(text.encode()), or pass text.")
+        return tokens
+
+    def detokenize(self, tokens: List[int], prev_tokens: Optional[List[int]] = None,
+                   special: bool = False) -> bytes:
+        """:meth:`llama_cpp.Llama.detokenize`, refusing ids outside the vocabulary.
+
+        llama.cpp indexes its vocabulary without a bounds check and aborts the process
+        (``std::out_of_range``) on such an id. ``prev_tokens`` is not checked: llama-cpp-python's
+        tokenizer ignores it.
+
+        Raises:
+            InvalidTokenError: an id is negative or not below ``n_vocab()``.
+        """
+        return super().detokenize(self._check_tokens(tokens), prev_tokens=prev_tokens, special=special)
+
     def _report(self, callback: Optional[ProgressCallback], total: int) -> None:
         """Tell ``callback`` how far the evaluation is; stop cleanly if it answers ``False``."""
         if callback is not None and callback(self.n_tokens, total) is False:
@@ -234,14 +299,30 @@ class LongLlama(llama_cpp.Llama):
                 "leave group_size unset and LongLlama picks one that reaches the n_ctx you ask for).")
 
     def _create_completion(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        """:meth:`llama_cpp.Llama._create_completion`, with clearer errors for an empty token prompt
-        and for a prompt longer than ``n_ctx``."""
-        prompt = kwargs.get("prompt", args[0] if args else None)
-        if isinstance(prompt, list) and not prompt:
-            raise InvalidTokenError("the prompt is an empty token list, so there is nothing to continue from; "
-                                    "pass at least one token (e.g. [llm.token_bos()]) or a string.")
+        """:meth:`llama_cpp.Llama._create_completion`, checked and bounded.
+
+        - An empty token prompt, token ids and ``logit_bias`` keys outside the vocabulary are
+          refused with :class:`InvalidTokenError` (llama-cpp-python would abort in C, or index
+          the logits from the end for a negative id).
+        - A prompt longer than ``n_ctx`` raises :class:`ContextLengthError`.
+        - Generation ends at ``max_tokens`` and at ``n_ctx`` with ``finish_reason="length"``
+          and the text so far (whole characters), also when that text ends inside a multi-byte
+          character: llama-cpp-python skips its ``max_tokens`` check then, and would decode
+          past both limits (see :meth:`generate`).
+        """
+        bound = inspect.signature(llama_cpp.Llama._create_completion).bind(self, *args, **kwargs).arguments
+        prompt = bound.get("prompt")
+        if isinstance(prompt, list):
+            if not prompt:
+                raise InvalidTokenError("the prompt is an empty token list, so there is nothing to continue from; "
+                                        "pass at least one token (e.g. [llm.token_bos()]) or a string.")
+            self._check_tokens(prompt, "prompt token id")
+        self._check_logit_bias(bound.get("logit_bias"))
+        self._completion_cap = bound.get("max_tokens", 16)
+        self._cap_reached = False
         try:
-            return (yield from super()._create_completion(*args, **kwargs))
+            for chunk in super()._create_completion(*args, **kwargs):
+                yield self._finish_at_cap(chunk)
         except ValueError as e:
             m = re.match(r"Requested tokens \((\d+)\) exceed context window", str(e))
             if isinstance(e, SelfExtendError) or not m:
@@ -249,6 +330,73 @@ class LongLlama(llama_cpp.Llama):
             # Llama names llama.cpp's padded size; the limit is n_ctx (the server parses this wording)
             raise ContextLengthError(f"Requested tokens ({m[1]}) exceed context window of {self._n_ctx} "
                                      f"(n_ctx={self._n_ctx}). {self._context_fix()}") from e
+        finally:
+            self._completion_cap = None
+
+    def _check_logit_bias(self, logit_bias: Optional[Dict[Any, float]]) -> None:
+        """Refuse ``logit_bias`` keys that are not token ids of this vocabulary."""
+        for key in logit_bias or {}:
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise InvalidTokenError(f"logit_bias key {key!r} is not a token id; keys are token ids "
+                                        f"0..{self._n_vocab - 1} (from llm.tokenize).") from None
+            self._check_tokens([token], "logit_bias token id")
+
+    def _finish_at_cap(self, chunk: Dict[str, Any]) -> Dict[str, Any]:
+        """Name the end :meth:`generate` forced at the token limit ``"length"``, as it is."""
+        if self._cap_reached:
+            for choice in chunk.get("choices", ()):
+                if choice.get("finish_reason") == "stop":
+                    choice["finish_reason"] = "length"
+        return chunk
+
+    def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+        """:meth:`llama_cpp.Llama.generate`, which yields no token past ``max_tokens`` or ``n_ctx``.
+
+        Inside a completion, once the limit (``max_tokens``, at most ``n_ctx`` minus the prompt)
+        has been yielded and another token is asked for, it yields an end-of-generation token
+        instead of decoding one more: llama-cpp-python then ends the completion with the text so
+        far (dropping a trailing partial character) and :meth:`_create_completion` reports
+        ``finish_reason="length"``. Called directly, it stops at ``n_ctx`` the same way.
+        """
+        tokens = list(tokens)
+        cap, self._completion_cap = self._completion_cap, None  # set by _create_completion, for this call only
+        limit = self._n_ctx - len(tokens)
+        if cap is not None and cap > 0:
+            limit = min(limit, cap)
+        inner = super().generate(tokens, *args, **kwargs)
+        try:
+            sent = None
+            for n in itertools.count():
+                if n >= limit and n > 0:  # the first token evaluates the prompt, which raises if too long
+                    self._cap_reached = True
+                    yield self._end_token()
+                    return
+                token = inner.send(sent)
+                sent = yield token
+        except StopIteration:
+            return
+        finally:
+            inner.close()
+
+    @functools.cached_property
+    def _eog_token(self) -> Optional[int]:
+        """A token llama.cpp counts as end of generation (eos, eot, or any), or None if the vocabulary has none."""
+        vocab = self._model.vocab
+        candidates = [llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)]
+        for token in [*candidates, *range(self._n_vocab)]:
+            if 0 <= token < self._n_vocab and llama_cpp.llama_vocab_is_eog(vocab, token):
+                return token
+        return None
+
+    def _end_token(self) -> int:
+        token = self._eog_token
+        if token is None:
+            raise ContextLengthError(f"generation reached its limit (max_tokens or n_ctx={self._n_ctx}), and this "
+                                     "model's vocabulary has no end-of-generation token to end it with. "
+                                     f"{self._context_fix()}")
+        return token
 
     def _decode(self, batch: List[int], n_past: int, pos: int) -> None:
         """Decode ``batch`` (tokens ``n_past..``) at cache positions ``pos..`` and record it like Llama.eval."""
@@ -271,28 +419,71 @@ class LongLlama(llama_cpp.Llama):
         llama_cpp.llama_memory_seq_div(mem, 0, first, first + w, g)
 
     def close(self) -> None:
-        """Free the model and context (safe on an instance whose __init__ failed)."""
+        """Free the model and context (safe on an instance whose __init__ failed, and twice).
+
+        Using the instance afterwards raises :class:`ModelClosedError` instead of crashing.
+        """
         if hasattr(self, "_stack"):
             super().close()
+        self._closed = True
+
+    def embed(self, input: Union[str, List[str]], *args: Any, **kwargs: Any) -> Any:
+        """:meth:`llama_cpp.Llama.embed`; in shift mode, refused for texts longer than the trained context.
+
+        ``Llama.embed`` decodes each text in one batch at positions ``0..n-1``: shift mode regroups
+        positions only between batches of :meth:`eval`, so past the trained length an embedding
+        would silently be the stock model's. Exact mode groups inside the graph and is extended.
+
+        Raises:
+            SelfExtendConfigError: shift mode, and a text longer than the trained context.
+        """
+        p = self.self_extend
+        if self._shift is not None:
+            truncate = kwargs.get("truncate", args[1] if len(args) > 1 else True)
+            for text in [input] if isinstance(input, str) else input:
+                n = len(self.tokenize(text.encode("utf-8")))
+                n = min(n, self.n_batch) if truncate else n
+                if n > p.n_ctx_train:
+                    raise SelfExtendConfigError(
+                        f"a text of {n} tokens is longer than the {p.n_ctx_train} tokens this model was trained on, "
+                        "and shift mode cannot extend embeddings (they are computed in one batch, with no "
+                        "regrouping). Create the LongLlama with mode='exact' (and embedding=True) to embed it.")
+        return super().embed(input, *args, **kwargs)
 
     # -- state --------------------------------------------------------------------------------
 
     def save_state(self) -> "llama_cpp.LlamaState":
-        state = super().save_state()
-        state.self_extend = self._setting_key()  # type: ignore[attr-defined]
-        return state
+        """:meth:`llama_cpp.Llama.save_state`, sealed with this instance's self-extend setting and a
+        checksum (:mod:`selfextend_gguf.state`), which :meth:`load_state` checks."""
+        return _state.seal(super().save_state(), self._setting_key())
 
     def load_state(self, state: "llama_cpp.LlamaState") -> None:
-        saved = getattr(state, "self_extend", None)
-        if saved is not None and saved != self._setting_key():
-            raise SelfExtendConfigError(
-                f"this state was saved with self-extend {saved} but this LongLlama uses "
-                f"{self._setting_key()}; the cached positions would be wrong. Load it into a LongLlama "
-                "with the same mode, group_size and window.")
-        super().load_state(state)
+        """Restore a state saved by :meth:`save_state` under the same self-extend setting.
+
+        Raises:
+            StateError: the state has no self-extend record (a plain ``Llama``'s), was changed
+                since it was saved, or llama.cpp refused it. Nothing is loaded then; if the
+                refusal came from llama.cpp, after it may have started writing the cache, the
+                instance is emptied (no cached tokens), never left inconsistent.
+            SelfExtendConfigError: it was saved under another mode, group_size or window.
+        """
+        _state.check(state, self._setting_key())
+        try:
+            super().load_state(state)
+        except Exception as e:
+            self._forget_cache()
+            raise StateError(f"llama.cpp could not load this state ({e}); the instance was emptied. Check that "
+                             "it was saved by a LongLlama of the same model and n_ctx.") from e
         self._n_cached = self.n_tokens
 
-    def _setting_key(self) -> tuple:
+    def _forget_cache(self) -> None:
+        """Empty the KV cache and the token record together, so that they agree."""
+        self._ctx.kv_cache_clear()
+        self.n_tokens = 0
+        self._n_cached = 0
+        self._requires_eval = True
+
+    def _setting_key(self) -> _state.Setting:
         p = self.self_extend
         return (p.mode, p.group_size, p.window) if p.enabled else ("off", 1, 0)
 
@@ -318,6 +509,7 @@ class LongLlama(llama_cpp.Llama):
         keyword arguments, ``group_size``, ``window`` and ``mode`` included, go to
         :class:`LongLlama`.
         """
+        check_keywords(kwargs, "LongLlama.from_pretrained()")
         from huggingface_hub import snapshot_download
 
         patterns = [filename, *(additional_files or [])]
@@ -330,3 +522,13 @@ class LongLlama(llama_cpp.Llama):
             raise ModelFileError(f"{what} in {repo_id} match {filename!r}; available: {files}. "
                                  "Pass the exact file name.")
         return cls(model_path=str(folder / matches[0]), **kwargs)
+
+
+# Every public method that reaches the native model or context: after close() they raise
+# ModelClosedError instead of passing llama.cpp a freed (NULL) pointer.
+for _name in ("tokenize", "detokenize", "eval", "generate", "sample", "reset", "create_completion",
+              "create_chat_completion", "create_chat_completion_openai_v1", "create_embedding", "embed",
+              "save_state", "load_state", "n_ctx", "n_embd", "n_vocab", "token_bos", "token_eos", "token_nl",
+              "tokenizer", "pooling_type", "__call__"):
+    setattr(LongLlama, _name, _open_only(getattr(LongLlama, _name)))
+del _name
