@@ -13,11 +13,13 @@ from ._pinned import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from .errors import (
     ContextLengthError,
     InvalidTokenError,
+    ModelClosedError,
     ModelFileError,
     ModelNotFoundError,
     PromptCancelled,
     SelfExtendConfigError,
     SelfExtendError,
+    StateError,
     UnsupportedModelError,
 )
 from .params import SelfExtendParams, choose_parameters, max_context
@@ -36,6 +38,7 @@ __all__ = [
     "LLAMA_CPP_COMMIT",
     "LLAMA_CPP_PYTHON_VERSION",
     "LongLlama",
+    "ModelClosedError",
     "ModelFileError",
     "ModelNotFoundError",
     "ProgressCallback",
@@ -44,6 +47,7 @@ __all__ = [
     "SelfExtendConfigError",
     "SelfExtendError",
     "SelfExtendParams",
+    "StateError",
     "UnsupportedModelError",
     "choose_parameters",
     "default_model_path",
