@@ -139,3 +139,14 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
     assert not missing, (
         f"exact mode computes ops that docs/backend-audit.md does not list (check the CPU, CUDA and Metal "
         f"supports_op for them and add rows):\n{format_keys(missing)}")
+
+
+def test_cpu_backend_is_built_without_amx():
+    """CMakeLists.txt turns AMX off (SELFEXTEND_CPU_AMX): with -march=native on a CPU that has it,
+    the pinned ggml's AMX matmul segfaults on SmolLM2's Q4_1 weights. The CPU backend lists
+    ``AMX_INT8 = 1`` among its features exactly when that code is compiled in."""
+    from selfextend_gguf.long_llama import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "CPU :" in info, info
+    assert "AMX_INT8 = 1" not in info, f"the CPU backend was built with AMX: {info}"
