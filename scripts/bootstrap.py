@@ -106,8 +106,9 @@ def setup() -> None:
     build = build_dir()
     log(f"building and installing selfextend-gguf (CMake build directory {build})")
     run([*pip, "install", "--quiet", f"{ROOT}[test,plots]", "-C", f"build-dir={build}"], env=env)
-    # from outside the checkout, so that the installed package (with its libraries) is imported
-    run([python, "-c", "import selfextend_gguf, llama_cpp; print('selfextend-gguf ready: llama.cpp from',"
+    # from outside the checkout, so that the installed package (with its libraries) is imported;
+    # llama_cpp first: selfextend_gguf.pth must have pointed it at the patched library
+    run([python, "-c", "import llama_cpp, selfextend_gguf; print('selfextend-gguf ready: llama.cpp from',"
                        " llama_cpp.llama_cpp._base_path)"], cwd=tempfile.gettempdir())
     log(f"setup done in {time.time() - t0:.0f} s")
 

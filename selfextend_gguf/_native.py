@@ -4,7 +4,10 @@ llama-cpp-python loads its native library once, when ``llama_cpp`` is first
 imported, from ``LLAMA_CPP_LIB_PATH`` if set. This module sets that variable to
 the libraries built with this package (or to ``SELFEXTEND_GGUF_LIB_DIR`` for a
 development build) *before* that import, and turns every way the pairing can go
-wrong into a :class:`NativeLibraryError` that says what to do.
+wrong into a :class:`NativeLibraryError` that says what to do. The wheel also
+installs ``selfextend_gguf.pth`` into site-packages, which sets the same variable
+(unless already set) when the interpreter starts, so that ``llama_cpp`` imported
+first, or without this package, loads the patched library too.
 """
 
 from __future__ import annotations
@@ -81,13 +84,20 @@ def load_llama_cpp() -> ModuleType:
     """
     directory = library_dir()
     if "llama_cpp.llama_cpp" in sys.modules:
+        # imported first: fine if it loaded the patched library (selfextend_gguf.pth points
+        # LLAMA_CPP_LIB_PATH at it when the interpreter starts); it cannot be reloaded otherwise
         loaded = Path(getattr(sys.modules["llama_cpp.llama_cpp"], "_base_path", "")).resolve()
         if loaded != directory:
+            user_path = os.environ.get("LLAMA_CPP_LIB_PATH")
+            chosen = user_path and Path(user_path).expanduser().resolve() != directory
             raise NativeLibraryError(
-                f"llama_cpp was imported before selfextend_gguf and loaded the library in {loaded}, "
-                f"not the patched one in {directory}. Import selfextend_gguf before llama_cpp "
+                f"llama_cpp was imported before selfextend_gguf and loaded the library in {loaded}"
+                f"{f' (from LLAMA_CPP_LIB_PATH={user_path})' if chosen else ''}, not the patched one in "
+                f"{directory}. Import selfextend_gguf before llama_cpp"
+                f"{' and unset LLAMA_CPP_LIB_PATH' if chosen else ''} "
                 f"(or start Python with LLAMA_CPP_LIB_PATH={directory})."
             )
+        _check_bindings_version()
         return sys.modules["llama_cpp"]
     if _library_file(directory) is None:
         raise NativeLibraryError(
@@ -96,9 +106,17 @@ def load_llama_cpp() -> ModuleType:
     _check_bindings_version()
     user_path = os.environ.get("LLAMA_CPP_LIB_PATH")
     if user_path and Path(user_path).expanduser().resolve() != directory:
+        other = Path(user_path).expanduser()
+        if other.parent.name == "selfextend_gguf" and (other.parent.parent / "selfextend_gguf.pth").is_file():
+            # not the user's choice: the .pth of a selfextend-gguf installed in site-packages set it
+            fix = (f"It is the library of the selfextend-gguf installed in {other.parent.parent} (its "
+                   f"selfextend_gguf.pth sets LLAMA_CPP_LIB_PATH at start-up), not of this one in "
+                   f"{Path(__file__).resolve().parent}: set {LIB_DIR_ENV}={directory} to use this one.")
+        else:
+            fix = f"Unset LLAMA_CPP_LIB_PATH (or set {LIB_DIR_ENV})."
         raise NativeLibraryError(
             f"LLAMA_CPP_LIB_PATH={user_path} points at another llama.cpp build; selfextend-gguf needs "
-            f"its patched library in {directory}. Unset LLAMA_CPP_LIB_PATH (or set {LIB_DIR_ENV})."
+            f"its patched library in {directory}. {fix}"
         )
     os.environ["LLAMA_CPP_LIB_PATH"] = str(directory)
     try:
