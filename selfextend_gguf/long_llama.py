@@ -28,7 +28,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .gguf_info import read_model_info
-from .params import SelfExtendParams, choose_parameters
+from .params import SelfExtendParams, as_int, choose_parameters
 from .shift import ShiftSchedule
 
 llama_cpp = load_llama_cpp()
@@ -127,12 +127,12 @@ class LongLlama(llama_cpp.Llama):
         self._cap_reached = False
         model_path = os.path.expanduser(os.fspath(model_path))  # Llama does not expand "~"
         info = read_model_info(model_path)
-        n_ctx = kwargs.get("n_ctx", 512)
-        if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx == 0:
-            n_ctx = info.n_ctx_train  # llama.cpp's meaning of 0
+        if "n_ctx" in kwargs:  # numpy integers too, as Llama takes them; passed on as a plain int
+            kwargs["n_ctx"] = as_int(kwargs["n_ctx"], "n_ctx")
+        n_ctx = kwargs.get("n_ctx", 512) or info.n_ctx_train  # 0: llama.cpp's "the trained length"
         params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode=mode)
         self.self_extend: SelfExtendParams = params
-        self._requested_n_ctx = n_ctx if isinstance(n_ctx, int) else None
+        self._requested_n_ctx = params.n_ctx
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
         super().__init__(model_path=model_path, **kwargs)

@@ -257,6 +257,23 @@ def test_home_in_model_path(tiny_llama_path, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "128", r.stderr[-2000:]
 
 
+def test_numpy_integers_for_n_ctx_and_group_size(tiny_llama_path):
+    """Were refused ("n_ctx must be an integer"), though llama_cpp.Llama takes them."""
+    import numpy as np
+
+    llm = LongLlama(str(tiny_llama_path), n_ctx=np.int64(128), group_size=np.int32(G), window=np.uint16(W),
+                    mode="exact", n_batch=32, n_threads=1, verbose=False)
+    ref = _long_llama(tiny_llama_path, "exact")
+    assert (llm.n_ctx(), llm.self_extend.group_size, llm.self_extend.window) == (128, G, W)
+    assert type(llm.self_extend.group_size) is int and type(llm.n_ctx()) is int
+    prompt = "the lazy dog " * 8  # past the trained length: the setting is in use
+    assert llm("x " + prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"] == \
+        ref("x " + prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    for bad in (np.float64(128.0), np.bool_(True)):
+        with pytest.raises(SelfExtendConfigError, match="n_ctx must be an integer"):
+            LongLlama(str(tiny_llama_path), n_ctx=bad, verbose=False)
+
+
 # -- the hypothesis test of create_completion near n_ctx ----------------------------------------
 
 FUZZ = r"""
