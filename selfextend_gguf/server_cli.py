@@ -10,6 +10,18 @@ import argparse
 import sys
 
 
+def _concurrency_limit(text: str) -> int:
+    """``--limit-concurrency``'s value: a whole number >= 1 (0 or less would refuse every request)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (the most requests in flight at once), got {value}; "
+                                         "leave the option out to let all requests queue")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``selfextend-gguf serve`` beyond the model options every command shares."""
     p.add_argument("--n-ctx", type=int, default=None,
@@ -23,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logits-all", action="store_true",
                    help="keep logits of every token, needed for logprobs (costs n_ctx x n_vocab floats)")
     p.add_argument("--api-key", default=None, help="require this bearer token")
-    p.add_argument("--limit-concurrency", type=int, default=None,
+    p.add_argument("--limit-concurrency", type=_concurrency_limit, default=None,
                    help="answer requests beyond this many in flight with a JSON 503 (default: all queue)")
     p.add_argument("--interrupt", action="store_true",
                    help="cut a streaming reply short when another request arrives (llama_cpp.server's default; "
