@@ -67,3 +67,7 @@ class StateError(SelfExtendError, ValueError):
 
 class ModelClosedError(SelfExtendError, RuntimeError):
     """The model was used after :meth:`LongLlama.close` freed it."""
+
+
+class InvalidGrammarError(SelfExtendError, ValueError):
+    """A ``grammar`` that llama.cpp cannot parse (a syntax error, an undefined or left-recursive rule)."""

@@ -18,6 +18,7 @@ from . import state as _state
 from ._native import load_llama_cpp
 from .errors import (
     ContextLengthError,
+    InvalidGrammarError,
     InvalidTokenError,
     ModelClosedError,
     ModelFileError,
@@ -318,6 +319,7 @@ class LongLlama(llama_cpp.Llama):
                                         "pass at least one token (e.g. [llm.token_bos()]) or a string.")
             self._check_tokens(prompt, "prompt token id")
         self._check_logit_bias(bound.get("logit_bias"))
+        self._check_grammar(bound.get("grammar"))
         self._completion_cap = bound.get("max_tokens", 16)
         self._cap_reached = False
         try:
@@ -343,6 +345,22 @@ class LongLlama(llama_cpp.Llama):
                                         f"0..{self._n_vocab - 1} (from llm.tokenize).") from None
             self._check_tokens([token], "logit_bias token id")
 
+    def _check_grammar(self, grammar: Optional[llama_cpp.LlamaGrammar]) -> None:
+        """Refuse a grammar llama.cpp cannot parse: it returns no sampler, which llama-cpp-python
+        adds to its sampler chain unchecked (a segfault)."""
+        if grammar is None:
+            return
+        if not isinstance(grammar, llama_cpp.LlamaGrammar):
+            raise TypeError(f"grammar must be a llama_cpp.LlamaGrammar (LlamaGrammar.from_string(text)), "
+                            f"got {type(grammar).__name__}")
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+        if not sampler:
+            raise InvalidGrammarError(f"llama.cpp cannot parse this grammar (root rule {grammar._root!r}); its "
+                                      "log above says where. Check the GBNF syntax: every rule used is defined, "
+                                      "rule names use letters, digits and '-', no rule is left-recursive.")
+        llama_cpp.llama_sampler_free(sampler)
+
     def _finish_at_cap(self, chunk: Dict[str, Any]) -> Dict[str, Any]:
         """Name the end :meth:`generate` forced at the token limit ``"length"``, as it is."""
         if self._cap_reached:
@@ -361,6 +379,7 @@ class LongLlama(llama_cpp.Llama):
         ``finish_reason="length"``. Called directly, it stops at ``n_ctx`` the same way.
         """
         tokens = list(tokens)
+        self._check_grammar(kwargs.get("grammar"))
         cap, self._completion_cap = self._completion_cap, None  # set by _create_completion, for this call only
         limit = self._n_ctx - len(tokens)
         if cap is not None and cap > 0:

@@ -55,6 +55,34 @@ def test_logit_bias_outside_the_vocabulary(tiny_llama_path, bias):
         """, "InvalidTokenError", "logit_bias", "0..287")
 
 
+GRAMMARS = ['root ::= "a" | undefined-rule', 'root ::= "a" | bad_name', 'root ::= root "a"', 'root ::= ("a"']
+
+
+@pytest.mark.parametrize("grammar", GRAMMARS)
+@pytest.mark.parametrize("call", ["llm.create_completion('abc', max_tokens=3, grammar=g)",
+                                  "next(llm.generate(llm.tokenize(b'abc'), grammar=g))"])
+def test_grammar_llama_cpp_cannot_parse(tiny_llama_path, grammar, call):
+    """llama.cpp returns no sampler for such a grammar, and llama-cpp-python added it unchecked:
+    a segfault (the server died with it)."""
+    _expect(f"""
+        from selfextend_gguf import LongLlama
+        from llama_cpp import LlamaGrammar
+        llm = LongLlama({str(tiny_llama_path)!r}, n_ctx=128, verbose=False)
+        g = LlamaGrammar.from_string({grammar!r}, verbose=False)
+        {call}
+        """, "InvalidGrammarError", "cannot parse this grammar")
+
+
+def test_grammar_that_parses_still_constrains(tiny_llama_path):
+    """The check frees its sampler and lets a valid grammar through: the text follows it."""
+    llm = _long_llama(tiny_llama_path, "exact")
+    grammar = llama_cpp.LlamaGrammar.from_string('root ::= ("ab" | "cd")+', verbose=False)
+    text = llm.create_completion("the lazy dog", max_tokens=6, temperature=0.0, grammar=grammar)["choices"][0]["text"]
+    assert text and all(p in ("ab", "cd") for p in (text[i:i + 2] for i in range(0, len(text) - 1, 2))), text
+    with pytest.raises(TypeError, match="LlamaGrammar"):
+        llm.create_completion("abc", max_tokens=2, grammar='root ::= "a"')
+
+
 # -- 2. completions end at max_tokens and n_ctx ------------------------------------------------
 
 
