@@ -12,6 +12,7 @@ from ._native import NativeLibraryError, load_llama_cpp
 from ._pinned import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from .errors import (
     ContextLengthError,
+    InvalidGrammarError,
     InvalidTokenError,
     ModelClosedError,
     ModelFileError,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ContextLengthError",
     "DEFAULT_MODE",
+    "InvalidGrammarError",
     "InvalidTokenError",
     "LLAMA_CPP_COMMIT",
     "LLAMA_CPP_PYTHON_VERSION",

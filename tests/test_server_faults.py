@@ -159,6 +159,10 @@ FAULTS = [
      _json(messages=SHORT, max_tokens=2, stream=True, logit_bias={"-1": 100}), 400, "-1"),
     ("detokenize-oov", "/extras/detokenize", _json(tokens=[99999]), 400, "99999"),
     ("detokenize-negative", "/extras/detokenize", _json(tokens=[-7]), 400, "-7"),
+    ("grammar-unparsable", "/v1/completions", _json(prompt="ab", max_tokens=2, grammar='root ::= "a" | nope'), 400,
+     "cannot parse this grammar"),
+    ("grammar-unparsable-chat-stream", "/v1/chat/completions",
+     _json(messages=SHORT, max_tokens=2, stream=True, grammar='root ::= root "a"'), 400, "cannot parse this grammar"),
     ("unknown-route", "/v1/no-such-route", b"{}", 404, "not found"),
 ]
 
