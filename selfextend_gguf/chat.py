@@ -120,6 +120,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     llm = LongLlama(model, group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
                     n_ctx=n_ctx, n_batch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
                     n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, progress_callback=bar,
+                    rpc_servers=args.rpc,
                     verbose=args.verbose)
     p = llm.self_extend
     print(f"{info.name or model}: {info.arch}, trained on {info.n_ctx_train} tokens; n_ctx={llm.n_ctx()}, "

@@ -19,6 +19,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", "-G", type=int, default=None, help="group size G (default: automatic)")
     p.add_argument("--window", "-W", type=int, default=None, help="neighbour window W (default: automatic)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    add_rpc_argument(p)
+
+
+def add_rpc_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
+                   help="put the model's layers on these rpc-server processes (selfextend-gguf rpc-server); "
+                        "unauthenticated and unencrypted: trusted networks only")
 
 
 def _run_passkey(llm, prompt, max_tokens: int = 8) -> tuple[str, float]:
@@ -29,22 +36,22 @@ def _run_passkey(llm, prompt, max_tokens: int = 8) -> tuple[str, float]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Passkey retrieval at about 1.5x the trained context, without and with self-extend."""
-    from . import LongLlama, default_model_path, load_llama_cpp
+    from . import LongLlama, default_model_path
     from .gguf_info import read_model_info
     from .passkey import found, prompt_for_tokens, random_key
+    from .rpc import RpcLlama
 
-    llama_cpp = load_llama_cpp()
     model = args.model or str(default_model_path())
     info = read_model_info(model)
     n_tokens = args.tokens or int(info.n_ctx_train * 1.5)
     key = random_key(random.Random(args.seed))
-    common = dict(n_ctx=n_tokens + 64, n_batch=512, n_threads=args.threads, verbose=False)
+    common = dict(n_ctx=n_tokens + 64, n_batch=512, n_threads=args.threads, rpc_servers=args.rpc, verbose=False)
     long_kwargs = dict(group_size=args.group_size, window=args.window)
     if args.mode:
         long_kwargs["mode"] = args.mode
 
     print(f"model: {model}\n  {info.arch}, trained on {info.n_ctx_train} tokens")
-    stock = llama_cpp.Llama(model_path=model, **common)
+    stock = RpcLlama(model, **common)
     prompt = prompt_for_tokens(n_tokens, args.depth, key, lambda s: stock.tokenize(s.encode(), add_bos=True))
     n_prompt = len(stock.tokenize(prompt.text.encode(), add_bos=True))
     print(f"prompt: {n_prompt} tokens ({n_prompt / info.n_ctx_train:.2f}x the trained length), "
@@ -65,6 +72,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, setting, ans, ok, s in rows:
         print(f"| {name} | {setting} | {ans.strip()!r} | {'yes' if ok else 'no'} | {s:.1f} |")
     return 0
+
+
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    """Run llama.cpp's rpc-server, which lends this machine's devices to models loaded elsewhere (--rpc)."""
+    import subprocess
+
+    from .rpc import server_program
+
+    command = [str(server_program()), "--host", args.host, "--port", str(args.port)]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
+    if args.cache:
+        command.append("--cache")
+    if args.host != "127.0.0.1":
+        print(f"selfextend-gguf: rpc-server on {args.host}:{args.port} accepts anyone who can reach that address: "
+              "llama.cpp's RPC protocol has no authentication or encryption", file=sys.stderr)
+    if os.name == "posix":  # become the server: signals (a test's terminate, Ctrl-C) reach it directly
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(chat_parser)
     chat.add_arguments(chat_parser)
     chat_parser.set_defaults(func=chat.cmd_chat)
+
+    rpc_server = sub.add_parser("rpc-server", help=cmd_rpc_server.__doc__)
+    rpc_server.add_argument("--host", default="127.0.0.1",
+                            help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 opens it "
+                                 "to every network the machine is on, with no authentication)")
+    rpc_server.add_argument("--port", type=int, default=50052, help="TCP port (default: %(default)s)")
+    rpc_server.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's)")
+    rpc_server.add_argument("--cache", action="store_true",
+                            help="cache received tensors on disk, so that a client loading the same model again "
+                                 "sends less (rpc-server's -c)")
+    rpc_server.set_defaults(func=cmd_rpc_server)
 
     from .evaluate.commands import add_subcommands
 

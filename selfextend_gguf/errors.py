@@ -71,3 +71,7 @@ class ModelClosedError(SelfExtendError, RuntimeError):
 
 class InvalidGrammarError(SelfExtendError, ValueError):
     """A ``grammar`` that llama.cpp cannot parse (a syntax error, an undefined or left-recursive rule)."""
+
+
+class RpcServerError(SelfExtendError, ConnectionError):
+    """An RPC server (``rpc_servers``) cannot be reached, or was lost while the model used it."""

@@ -30,6 +30,7 @@ from .errors import (
 )
 from .gguf_info import read_model_info
 from .params import SelfExtendParams, as_int, choose_parameters
+from .rpc import RpcLlama
 from .shift import ShiftSchedule
 
 llama_cpp = load_llama_cpp()
@@ -44,7 +45,7 @@ ProgressCallback = Callable[[int, int], Optional[bool]]
 _LLAMA_KEYWORDS = frozenset(name for name, p in inspect.signature(llama_cpp.Llama.__init__).parameters.items()
                             if name not in ("self", "model_path") and p.kind is not p.VAR_KEYWORD)
 #: the ones LongLlama adds
-_OWN_KEYWORDS = frozenset(("group_size", "window", "mode", "progress_callback"))
+_OWN_KEYWORDS = frozenset(("group_size", "window", "mode", "progress_callback", "rpc_servers"))
 
 
 def check_keywords(kwargs: Dict[str, Any], caller: str = "LongLlama()") -> None:
@@ -76,7 +77,7 @@ def _open_only(method: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-class LongLlama(llama_cpp.Llama):
+class LongLlama(RpcLlama):
     """A drop-in :class:`llama_cpp.Llama` with SelfExtend (arXiv 2401.01325) switched on.
 
     Args:
@@ -96,6 +97,11 @@ class LongLlama(llama_cpp.Llama):
             stops the evaluation between two batches with :class:`PromptCancelled`;
             what was evaluated stays cached. Also settable later as the
             :attr:`progress_callback` attribute.
+        rpc_servers: ``"host:port"`` addresses of llama.cpp ``rpc-server`` processes (or one
+            comma-separated string) whose devices take layers, as llama.cpp's ``--rpc``. The
+            layers offloaded (``n_gpu_layers``; unset or 0 means all of them when servers are given)
+            are split across them by ``tensor_split`` (by their free memory when omitted).
+            The protocol has no authentication or encryption: trusted networks only.
         **kwargs: Everything :class:`llama_cpp.Llama` accepts (``n_ctx``,
             ``n_batch``, ``n_gpu_layers``, ``chat_format``, ...).
 
@@ -105,6 +111,7 @@ class LongLlama(llama_cpp.Llama):
         ModelNotFoundError, ModelFileError: the file is missing, not GGUF, or damaged.
         UnsupportedModelError: the model has no RoPE attention, or recurrent memory.
         SelfExtendConfigError: ``group_size``/``window``/``mode``/``n_ctx`` cannot work for the model.
+        RpcServerError: an RPC server cannot be reached (or, later, was lost during an evaluation).
         ContextLengthError: (later) a prompt or generation longer than ``n_ctx``.
     """
 
@@ -116,6 +123,7 @@ class LongLlama(llama_cpp.Llama):
         window: Optional[int] = None,
         mode: str = DEFAULT_MODE,
         progress_callback: Optional[ProgressCallback] = None,
+        rpc_servers: Optional[Union[str, Sequence[str]]] = None,
         **kwargs: Any,
     ):
         check_keywords(kwargs)
@@ -136,7 +144,7 @@ class LongLlama(llama_cpp.Llama):
         self._requested_n_ctx = params.n_ctx
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
-        super().__init__(model_path=model_path, **kwargs)
+        super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)
         try:
             self._check_model()
             self._enable(params)
@@ -217,6 +225,15 @@ class LongLlama(llama_cpp.Llama):
     # -- evaluation ---------------------------------------------------------------------------
 
     def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` after the first ``self.n_tokens`` ones, as :meth:`llama_cpp.Llama.eval`.
+
+        See :meth:`_eval`. Raises :class:`RpcServerError` if an RPC server of the model was
+        lost meanwhile (the evaluation failed, or returned zeros for what that server held).
+        """
+        with self._rpc_checked():
+            self._eval(tokens)
+
+    def _eval(self, tokens: Sequence[int]) -> None:
         """Evaluate ``tokens`` after the first ``self.n_tokens`` ones, as :meth:`llama_cpp.Llama.eval`.
 
         In shift mode each full block of ``window`` cached tokens has its

@@ -76,6 +76,7 @@ class LongModelSettings(ModelSettings):
     group_size: Optional[int] = None
     window: Optional[int] = None
     mode: str = DEFAULT_MODE
+    rpc_servers: Optional[List[str]] = None
 
 
 def _kv_overrides(items: Optional[List[str]]) -> Optional[Dict[str, Union[bool, int, float, str]]]:
@@ -108,7 +109,7 @@ class LongLlamaProxy(LlamaProxy):
         kwargs: Dict[str, Any] = {name: getattr(settings, name) for name in type(settings).model_fields
                                   if name in accepted and name not in ("model_path", "kv_overrides")}
         kwargs["kv_overrides"] = _kv_overrides(settings.kv_overrides)
-        for name in ("group_size", "window", "mode"):
+        for name in ("group_size", "window", "mode", "rpc_servers"):
             if getattr(settings, name, None) is not None:
                 kwargs[name] = getattr(settings, name)
         if settings.hf_model_repo_id is not None:

@@ -59,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=model, model_alias=args.model_alias, n_ctx=n_ctx, n_batch=args.n_batch,
         n_ubatch=min(args.n_batch, 512), n_threads=args.threads, n_threads_batch=args.threads,
         n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, logits_all=args.logits_all,
-        group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE, verbose=args.verbose)
+        group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
+        rpc_servers=args.rpc.split(",") if args.rpc else None,
+        verbose=args.verbose)
     server = ServerSettings(host=args.host, port=args.port, api_key=args.api_key,
                             interrupt_requests=args.interrupt)
     app = create_app(model_settings=settings, server_settings=server, limit_concurrency=args.limit_concurrency)

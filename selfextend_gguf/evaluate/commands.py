@@ -30,6 +30,8 @@ def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--n-batch", type=int, default=512, help="batch and ubatch size (default: %(default)s)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU backend (default: 0)")
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
+                   help="put the layers on these rpc-server processes (all methods); trusted networks only")
     p.add_argument("--out", default=out_default, help="folder for the JSON and PNG files (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
@@ -90,7 +92,7 @@ class _Run:
         self.out = Path(args.out)
         self.llama_kwargs: Dict[str, Any] = dict(
             n_batch=args.n_batch, n_ubatch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
-            n_gpu_layers=args.n_gpu_layers, flash_attn=False, verbose=False)
+            n_gpu_layers=args.n_gpu_layers, flash_attn=False, rpc_servers=getattr(args, "rpc", None), verbose=False)
         self.model_name = self.info.name or Path(self.model).name
 
     def announce(self, n_ctxs: Sequence[int]) -> None:

@@ -97,13 +97,14 @@ class Method:
 
         Every method gets the same ``n_ctx`` and the same ``kwargs``, so only the method differs.
         """
-        from .. import LongLlama, load_llama_cpp
+        from .. import LongLlama
+        from ..rpc import RpcLlama
 
         kwargs = {**kwargs, "n_ctx": self.n_ctx}
         if self.self_extend is not None:
             p = self.self_extend
             return LongLlama(model_path, mode=p.mode, group_size=p.group_size, window=p.window, **kwargs)
-        return load_llama_cpp().Llama(model_path=model_path, **self.llama_kwargs, **kwargs)
+        return RpcLlama(model_path, **self.llama_kwargs, **kwargs)
 
 
 def parse_method(text: str) -> MethodSpec:
