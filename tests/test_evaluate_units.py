@@ -79,7 +79,10 @@ def test_built_methods_carry_their_rope_parameters(tiny_llama_path):
     assert cp["yarn"].rope_scaling_type == llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN
     assert cp["yarn"].rope_freq_scale == pytest.approx(0.5) and cp["yarn"].yarn_orig_ctx == 64
     assert cp["none"].rope_freq_scale == 0.0  # 0 = from the model
-    assert type(built["none"]) is llama_cpp.Llama
+    from selfextend_gguf.rpc import RpcLlama
+
+    # the stock class (RpcLlama only adds rpc_servers; without them it is llama_cpp.Llama)
+    assert type(built["none"]) is RpcLlama and built["none"].model_params.devices is None
     assert isinstance(built["exact"], LongLlama) and built["exact"].self_extend.mode == "exact"
     assert isinstance(built["shift"], LongLlama) and built["shift"].self_extend.mode == "shift"
     for llm in built.values():
@@ -159,7 +162,9 @@ def test_token_nlls_equal_numpy_softmax_of_llama_logits(tiny_llama_path, mode):
     llm = make()
     got = pp.token_nlls(llm, tokens, chunk=37)  # chunks that cross batch and shift-block boundaries
     assert got.shape == expected.shape
-    assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # F32 rounding: other ubatch sizes (37 against 64) take other kernel paths; in exact mode the NLLs
+    # (about 5) then differ by up to 1.1e-4 on an AVX2-only CPU (within 1e-5 on the AVX-512 Xeon CI used before)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
     summary = pp.split_means(got, 64)
     assert summary["ppl"] == pytest.approx(math.exp(expected.mean()), rel=1e-4)
     assert 1 < summary["ppl"] < 1e6
