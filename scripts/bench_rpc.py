@@ -1,0 +1,111 @@
+"""What RPC costs: `selfextend-gguf bench` locally and against two rpc-server processes on loopback.
+
+Starts two ``selfextend-gguf rpc-server`` processes on 127.0.0.1 (``--server-threads`` each),
+runs the same ``bench`` (stock ``none`` and ``exact`` by default) once locally and once with
+``--rpc`` and every layer split evenly across the servers, and records the bytes each server
+read and wrote over the run (``/proc/PID/io``: llama.cpp reports none). Writes
+``OUT/local/bench.json``, ``OUT/rpc/bench.json``, ``OUT/rpc_io.json`` and prints the table.
+Each part is skipped when its file exists (resumable).
+
+    python scripts/bench_rpc.py --lengths 16384 --out docs/results/rpc-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _io(pid: int) -> Dict[str, int]:
+    """rchar/wchar of a process: every byte it read or wrote, sockets included (Linux)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return {"read": int(fields["rchar"]), "written": int(fields["wchar"])}
+
+
+def _start_server(threads: int) -> tuple:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "selfextend_gguf.cli", "rpc-server", "--port", str(port),
+                             "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("rpc-server did not start")
+
+
+def _bench(args: argparse.Namespace, out: Path, extra: List[str]) -> None:
+    if (out / "bench.json").is_file():
+        print(f"{out}/bench.json exists: kept")
+        return
+    command = [sys.executable, "-m", "selfextend_gguf.cli", "bench", "--methods", *args.methods,
+               "--lengths", *map(str, args.lengths), "--decode", str(args.decode), "--threads", str(args.threads),
+               "--no-progress", "--out", str(out), *(["--model", args.model] if args.model else []), *extra]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def _table(out: Path) -> str:
+    rows = ["| where | n_ctx | method | prompt tok/s | decode tok/s |", "|---|---|---|---|---|"]
+    local = {(r["method"], r["n_ctx"]): r for r in json.loads((out / "local" / "bench.json").read_text())["rows"]}
+    for where in ("local", "rpc"):
+        for r in json.loads((out / where / "bench.json").read_text())["rows"]:
+            ref = local.get((r["method"], r["n_ctx"]))
+            ratio = (lambda key: f" ({r[key] / ref[key]:.2f}x)" if where == "rpc" and ref and r[key] else "")
+            decode = f"{r['decode_tps']:.1f}{ratio('decode_tps')}" if r["decode_tps"] else "-"
+            rows.append(f"| {'2 loopback servers' if where == 'rpc' else 'local'} | {r['n_ctx']} | {r['method']} | "
+                        f"{r['prompt_tps']:.1f}{ratio('prompt_tps')} | {decode} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", nargs="+", type=int, default=[16384])
+    p.add_argument("--methods", nargs="+", default=["none", "exact"])
+    p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--model", default=None, help="GGUF model (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the local run")
+    p.add_argument("--server-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="threads of each rpc-server (default: half the cores, so both together use all)")
+    p.add_argument("--out", type=Path, default=Path("rpc-bench"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    _bench(args, args.out / "local", [])
+    io_file = args.out / "rpc_io.json"
+    if not io_file.is_file():
+        servers = [_start_server(args.server_threads) for _ in range(2)]
+        try:
+            before = [_io(proc.pid) for proc, _ in servers]
+            _bench(args, args.out / "rpc", ["--rpc", ",".join(endpoint for _, endpoint in servers)])
+            after = [_io(proc.pid) for proc, _ in servers]
+        finally:
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait(timeout=30)
+        io_file.write_text(json.dumps([{"server": i, "read_bytes": a["read"] - b["read"],
+                                        "written_bytes": a["written"] - b["written"]}
+                                       for i, (b, a) in enumerate(zip(before, after))], indent=1) + "\n")
+    print(_table(args.out))
+    for s in json.loads(io_file.read_text()):
+        print(f"server {s['server']}: read {s['read_bytes'] / 2**20:.1f} MiB, wrote {s['written_bytes'] / 2**20:.1f} MiB "
+              "(the whole bench: model upload, every prompt and decode step)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
