@@ -5,7 +5,8 @@ runs the same ``bench`` (stock ``none`` and ``exact`` by default) once locally a
 ``--rpc`` and every layer split evenly across the servers, and records the bytes each server
 read and wrote over the run (``/proc/PID/io``: llama.cpp reports none). Writes
 ``OUT/local/bench.json``, ``OUT/rpc/bench.json``, ``OUT/rpc_io.json`` and prints the table.
-Each part is skipped when its file exists (resumable).
+Resumable: each bench continues its report (``--resume``), skipping the (method, length) rows it
+has; the bytes of each RPC invocation are appended to ``rpc_io.json``.
 
     python scripts/bench_rpc.py --lengths 16384 --out docs/results/rpc-bench
 """
@@ -49,10 +50,17 @@ def _start_server(threads: int) -> tuple:
     raise SystemExit("rpc-server did not start")
 
 
+def _complete(args: argparse.Namespace, out: Path) -> bool:
+    """Whether ``out/bench.json`` has a row for every (method, length)."""
+    if not (out / "bench.json").is_file():
+        return False
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    return len({(r["method"], r["n_ctx"]) for r in rows}) >= len(args.methods) * len(args.lengths)
+
+
 def _bench(args: argparse.Namespace, out: Path, extra: List[str]) -> None:
     if (out / "bench.json").is_file():
-        print(f"{out}/bench.json exists: kept")
-        return
+        extra = [*extra, "--resume"]
     command = [sys.executable, "-m", "selfextend_gguf.cli", "bench", "--methods", *args.methods,
                "--lengths", *map(str, args.lengths), "--decode", str(args.decode), "--threads", str(args.threads),
                "--no-progress", "--out", str(out), *(["--model", args.model] if args.model else []), *extra]
@@ -64,7 +72,8 @@ def _table(out: Path) -> str:
     rows = ["| where | n_ctx | method | prompt tok/s | decode tok/s |", "|---|---|---|---|---|"]
     local = {(r["method"], r["n_ctx"]): r for r in json.loads((out / "local" / "bench.json").read_text())["rows"]}
     for where in ("local", "rpc"):
-        for r in json.loads((out / where / "bench.json").read_text())["rows"]:
+        report = out / where / "bench.json"
+        for r in json.loads(report.read_text())["rows"] if report.is_file() else []:
             ref = local.get((r["method"], r["n_ctx"]))
             ratio = (lambda key: f" ({r[key] / ref[key]:.2f}x)" if where == "rpc" and ref and r[key] else "")
             decode = f"{r['decode_tps']:.1f}{ratio('decode_tps')}" if r["decode_tps"] else "-"
@@ -85,9 +94,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("rpc-bench"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    _bench(args, args.out / "local", [])
+    if not _complete(args, args.out / "local"):
+        _bench(args, args.out / "local", [])
     io_file = args.out / "rpc_io.json"
-    if not io_file.is_file():
+    runs = json.loads(io_file.read_text()) if io_file.is_file() else []
+    if not _complete(args, args.out / "rpc"):
         servers = [_start_server(args.server_threads) for _ in range(2)]
         try:
             before = [_io(proc.pid) for proc, _ in servers]
@@ -97,13 +108,14 @@ def main() -> int:
             for proc, _ in servers:
                 proc.terminate()
                 proc.wait(timeout=30)
-        io_file.write_text(json.dumps([{"server": i, "read_bytes": a["read"] - b["read"],
-                                        "written_bytes": a["written"] - b["written"]}
-                                       for i, (b, a) in enumerate(zip(before, after))], indent=1) + "\n")
+        runs.append([{"server": i, "read_bytes": a["read"] - b["read"], "written_bytes": a["written"] - b["written"]}
+                     for i, (b, a) in enumerate(zip(before, after))])
+        io_file.write_text(json.dumps(runs, indent=1) + "\n")
     print(_table(args.out))
-    for s in json.loads(io_file.read_text()):
-        print(f"server {s['server']}: read {s['read_bytes'] / 2**20:.1f} MiB, wrote {s['written_bytes'] / 2**20:.1f} MiB "
-              "(the whole bench: model upload, every prompt and decode step)")
+    for n, run in enumerate(runs):
+        for s in run:
+            print(f"run {n}, server {s['server']}: read {s['read_bytes'] / 2**20:.1f} MiB, wrote "
+                  f"{s['written_bytes'] / 2**20:.1f} MiB (model upload, every prompt and decode step of the run)")
     return 0
 
 

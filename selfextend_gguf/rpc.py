@@ -47,9 +47,10 @@ def parse_endpoints(servers: Union[str, Sequence[str]]) -> List[str]:
         if not isinstance(entry, str):
             raise SelfExtendConfigError(f"rpc_servers holds {entry!r}; each server is a 'host:port' string")
         host, sep, port = entry.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or ":" in host or not port.isdigit() or not 0 < int(port) < 65536:
             raise SelfExtendConfigError(
-                f"RPC server {entry!r} is not 'host:port' (a port in 1..65535), e.g. '127.0.0.1:{DEFAULT_PORT}'")
+                f"RPC server {entry!r} is not 'host:port' (a host name or IPv4 address, which is what "
+                f"llama.cpp's RPC client parses, and a port in 1..65535), e.g. '127.0.0.1:{DEFAULT_PORT}'")
         endpoints.append(f"{host}:{int(port)}")
     if not endpoints:
         raise SelfExtendConfigError("rpc_servers is empty; give at least one 'host:port', or leave it out")
@@ -66,7 +67,7 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """
     host, _, port = endpoint.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
         raise RpcServerError(
@@ -133,14 +134,23 @@ def _lib() -> _Ggml:
 def add_servers(endpoints: Sequence[str]) -> List[int]:
     """Register ``endpoints`` with ggml (once per process) and return their devices, in order.
 
+    Every call checks that each server can be reached: ggml keeps the devices of a server once
+    added, and would otherwise only fail to allocate on one that went away since.
+
     Raises:
-        RpcServerError: a server cannot be reached, or answers without devices.
+        RpcServerError: a server cannot be reached, answers without devices, or its lost connection
+            is still held by an older model.
     """
     ggml = _lib()
     devices: List[int] = []
     for endpoint in endpoints:
-        if endpoint not in _registered or ggml.server_lost(endpoint.encode()):
-            check_reachable(endpoint)
+        check_reachable(endpoint)
+        if ggml.server_lost(endpoint.encode()):
+            raise RpcServerError(
+                f"the connection to the RPC server {endpoint} was lost, and a model made before still holds it "
+                "(ggml keeps one connection per server and does not retry a lost one): close that model "
+                "(llm.close()), then create this one again.")
+        if endpoint not in _registered:
             reg = ggml.add_server(endpoint.encode())
             count = ggml.ggml_backend_reg_dev_count(reg) if reg else 0
             if not count:
@@ -153,16 +163,16 @@ def add_servers(endpoints: Sequence[str]) -> List[int]:
 
 def model_devices(endpoints: Sequence[str]) -> "ctypes.Array[ctypes.c_void_p] | None":
     """The NULL-terminated device list for ``llama_model_params.devices``: the devices of
-    ``endpoints`` first (as llama.cpp orders RPC servers), then the local GPUs.
+    ``endpoints`` first (as llama.cpp orders RPC servers), then the local GPUs (the discrete
+    ones, else the integrated ones, as llama.cpp's default selection takes them).
 
-    Registered servers are global to the process, and llama.cpp offloads to all of them when
-    ``devices`` is NULL; an explicit list keeps each model on the servers it was given. None
-    (llama.cpp's default) while no server has been registered.
+    None without endpoints: llama.cpp's default, which never includes RPC devices, since
+    servers are added here without ggml_backend_register (each model names its own).
     """
-    if not endpoints and not _registered:
+    if not endpoints:
         return None
     ggml = _lib()
-    remote = add_servers(endpoints) if endpoints else []
+    remote = add_servers(endpoints)
     local = [ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count())]
     gpus = [d for d in local if ggml.ggml_backend_dev_type(d) == _GPU and not ggml.is_rpc(d)]
     igpus = [d for d in local if ggml.ggml_backend_dev_type(d) == _IGPU and not ggml.is_rpc(d)]
@@ -219,7 +229,10 @@ class RpcLlama(llama_cpp.Llama):
         ``Llama.__init__`` builds them and loads the model in one go, with no way to pass
         ``devices``; it is set here, when ``Llama`` assigns the parameters.
         """
-        return self.__dict__["_model_params"]
+        try:
+            return self.__dict__["_model_params"]
+        except KeyError:
+            raise AttributeError("model_params") from None
 
     @model_params.setter
     def model_params(self, params: "llama_cpp.llama_model_params") -> None:
@@ -232,6 +245,16 @@ class RpcLlama(llama_cpp.Llama):
         """:meth:`llama_cpp.Llama.eval`; :class:`RpcServerError` if a server was lost meanwhile."""
         with self._rpc_checked():
             super().eval(tokens)
+
+    def embed(self, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`llama_cpp.Llama.embed` (it decodes without :meth:`eval`), checked the same way."""
+        with self._rpc_checked():
+            return super().embed(*args, **kwargs)
+
+    def save_state(self) -> "llama_cpp.LlamaState":
+        """:meth:`llama_cpp.Llama.save_state`; a lost server's part of the cache would be zeros."""
+        with self._rpc_checked():
+            return super().save_state()
 
     @contextlib.contextmanager
     def _rpc_checked(self) -> Iterator[None]:
@@ -248,7 +271,9 @@ class RpcLlama(llama_cpp.Llama):
         self._raise_if_lost(None)
 
     def _raise_if_lost(self, cause: Optional[BaseException]) -> None:
-        lost = lost_servers(self._rpc_servers)
+        # remembered: a new model on a restarted server gets a new connection, not this one
+        self._lost = getattr(self, "_lost", []) or lost_servers(self._rpc_servers)
+        lost = self._lost
         if lost:
             raise RpcServerError(
                 f"lost the RPC server{'s' if len(lost) > 1 else ''} {', '.join(lost)} (it crashed, was stopped, "

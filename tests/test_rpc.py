@@ -26,6 +26,8 @@ from selfextend_gguf import LongLlama, SelfExtendConfigError
 from selfextend_gguf.errors import RpcServerError
 from selfextend_gguf.rpc import RpcLlama, parse_endpoints
 
+#: llama.cpp splits the 2 layers and the output layer 1:2, so each server holds one attention layer
+SPLIT = [1.0, 2.0]
 KW = dict(n_ctx=128, n_batch=32, n_ubatch=32, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False)
 SETTINGS = {"stock": {}, "shift": dict(mode="shift", group_size=4, window=16),
             "exact": dict(mode="exact", group_size=4, window=16)}
@@ -75,7 +77,7 @@ def servers():
 def _model(path, setting: str, rpc=None, **kw):
     kwargs = {**KW, **kw}
     if rpc:
-        kwargs.update(rpc_servers=rpc, n_gpu_layers=-1, tensor_split=[1.0, 1.0])
+        kwargs.update(rpc_servers=rpc, n_gpu_layers=-1, tensor_split=SPLIT)
     if setting == "stock":
         return RpcLlama(str(path), **kwargs)
     return LongLlama(str(path), **SETTINGS[setting], **kwargs)
@@ -85,31 +87,35 @@ def _model(path, setting: str, rpc=None, **kw):
 def test_split_across_two_servers_equals_local(servers, tiny_llama_path, setting):
     """Prompt (100 tokens, past the trained 64) and 6 greedy decode steps: logits within 1e-4."""
     local, remote = _model(tiny_llama_path, setting), _model(tiny_llama_path, setting, rpc=servers)
-    tokens = local.tokenize(("the lazy dog jumps over the quick brown fox. " * 4).encode())[:100]
-    assert len(tokens) == 100
-    for llm in (local, remote):
-        llm.eval(tokens)
-    np.testing.assert_allclose(remote.scores[:100], local.scores[:100], atol=1e-4, rtol=0)
-    for step in range(6):
-        token = int(np.argmax(local.scores[local.n_tokens - 1]))
+    try:  # closed even on failure: an rpc-server serves one client at a time
+        tokens = local.tokenize(("the lazy dog jumps over the quick brown fox. " * 4).encode())[:100]
+        assert len(tokens) == 100
         for llm in (local, remote):
-            llm.eval([token])
-        np.testing.assert_allclose(remote.scores[local.n_tokens - 1], local.scores[local.n_tokens - 1],
-                                   atol=1e-4, rtol=0, err_msg=f"decode step {step}")
-    local.close()
-    remote.close()
+            llm.eval(tokens)
+        np.testing.assert_allclose(remote.scores[:100], local.scores[:100], atol=1e-4, rtol=0)
+        for step in range(6):
+            token = int(np.argmax(local.scores[local.n_tokens - 1]))
+            for llm in (local, remote):
+                llm.eval([token])
+            np.testing.assert_allclose(remote.scores[local.n_tokens - 1], local.scores[local.n_tokens - 1],
+                                       atol=1e-4, rtol=0, err_msg=f"decode step {step}")
+    finally:
+        local.close()
+        remote.close()
 
 
 def test_layers_are_on_both_servers(servers, tiny_llama_path):
-    """llama.cpp's load log puts a model buffer on each server (the comparison above is not vacuous)."""
+    """llama.cpp's load log puts weights and a KV cache layer on each server (the comparison above
+    is not vacuous: both servers run attention, so both run self-extend)."""
     code = (f"from selfextend_gguf import LongLlama\n"
             f"LongLlama({str(tiny_llama_path)!r}, n_ctx=128, mode='exact', group_size=4, window=16, verbose=True, "
-            f"rpc_servers={','.join(servers)!r}, tensor_split=[1.0, 1.0])\n")
+            f"rpc_servers={','.join(servers)!r}, tensor_split={SPLIT!r})\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=_OUTSIDE_CHECKOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     for endpoint in servers:
-        assert re.search(rf"RPC\d+\[{re.escape(endpoint)}\].*model buffer size", r.stderr) or \
-            re.search(rf"{re.escape(endpoint)}.*buffer size", r.stderr), r.stderr[-3000:]
+        for buffer in ("model", "KV"):
+            m = re.search(rf"RPC\d+\[{re.escape(endpoint)}\] {buffer} buffer size = +([0-9.]+) MiB", r.stderr)
+            assert m and float(m[1]) > 0, f"no {buffer} buffer on {endpoint}:\n{r.stderr[-6000:]}"
 
 
 LOST = """
@@ -118,7 +124,7 @@ from selfextend_gguf import LongLlama
 from selfextend_gguf.errors import RpcServerError
 path, pid, servers, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 kw = dict(n_ctx=128, n_batch=32, n_threads=1, verbose=False, mode=mode, group_size=4, window=16)
-llm = LongLlama(path, rpc_servers=servers, tensor_split=[1.0, 1.0], **kw)
+llm = LongLlama(path, rpc_servers=servers, tensor_split=[1.0, 2.0], **kw)
 prompt = ("the lazy dog jumps over the quick brown fox. " * 4)[:100]
 first = llm.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
 os.kill(pid, signal.SIGKILL)
@@ -139,20 +145,79 @@ print("closed ok")
 @pytest.mark.parametrize("mode", ["shift", "exact"])
 def test_server_lost_mid_session_is_an_exception(tiny_llama_path, mode):
     """Was an abort of the whole client (GGML_ABORT in ggml-rpc)."""
-    doomed, other = RpcServer(), RpcServer()
+    started: List[RpcServer] = []
     try:
+        for _ in range(2):
+            started.append(RpcServer())
+        doomed, other = started
         r = subprocess.run([sys.executable, "-c", LOST, str(tiny_llama_path), str(doomed.proc.pid),
                             f"{other.endpoint},{doomed.endpoint}", mode],
                            capture_output=True, text=True, timeout=120, cwd=_OUTSIDE_CHECKOUT)
     finally:
-        doomed.stop()
-        other.stop()
+        for server in started:
+            server.stop()
     assert r.returncode == 0, f"the client died (rc={r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 4, r.stdout
     for line in lines[:2]:
         assert line.startswith("RpcServerError |") and doomed.endpoint in line and other.endpoint not in line, r.stdout
     assert lines[2:] == ["local ok | True", "closed ok"], r.stdout
+
+
+RESTART = """
+import os, signal, socket, subprocess, sys, time
+from selfextend_gguf import LongLlama
+from selfextend_gguf.errors import RpcServerError
+path, pid, endpoint = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+kw = dict(n_ctx=128, n_batch=32, n_threads=1, verbose=False, mode="exact", group_size=4, window=16)
+prompt = ("the lazy dog jumps over the quick brown fox. " * 4)[:100]
+old = LongLlama(path, rpc_servers=[endpoint], **kw)
+old.create_completion(prompt, max_tokens=2, temperature=0.0)
+os.kill(pid, signal.SIGKILL)
+time.sleep(0.5)
+try:
+    old.create_completion(prompt[:50], max_tokens=2, temperature=0.0)
+except RpcServerError:
+    print("old lost")
+port = endpoint.rpartition(":")[2]
+server = subprocess.Popen([sys.executable, "-m", "selfextend_gguf.cli", "rpc-server", "--port", port, "--threads", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    try:  # the old model still holds the lost connection, which ggml does not retry
+        LongLlama(path, rpc_servers=[endpoint], **kw)
+    except RpcServerError as e:
+        print("held |", "close that model" in str(e))
+    old.close()
+    new = LongLlama(path, rpc_servers=[endpoint], **kw)
+    local = LongLlama(path, **kw)
+    a = new.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    b = local.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    print("new ok |", a == b)
+    new.close()
+finally:
+    server.terminate()
+    server.wait(timeout=30)
+"""
+
+
+def test_new_model_on_a_restarted_server(tiny_llama_path):
+    """After a restart of the server: while a model on the lost connection is alive, a new model
+    is refused with what to do (ggml keeps one connection per address); once it is closed, a
+    new model connects again and answers as a local one."""
+    first = RpcServer()
+    try:
+        r = subprocess.run([sys.executable, "-c", RESTART, str(tiny_llama_path), str(first.proc.pid), first.endpoint],
+                           capture_output=True, text=True, timeout=180, cwd=_OUTSIDE_CHECKOUT)
+    finally:
+        first.stop()
+    assert r.returncode == 0, f"rc={r.returncode}:\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert r.stdout.strip().splitlines() == ["old lost", "held | True", "new ok | True"], r.stdout
 
 
 def test_absent_server_is_named(tiny_llama_path):
@@ -167,7 +232,7 @@ def test_absent_server_is_named(tiny_llama_path):
 
 
 @pytest.mark.parametrize("bad", ["localhost", "localhost:", "host:abc", "host:0", "host:70000", ":5000", [],
-                                 ["127.0.0.1:1", "127.0.0.1:1"], [5000]])
+                                 ["127.0.0.1:1", "127.0.0.1:1"], [5000], "[::1]:50052", "::1:50052"])
 def test_malformed_server_addresses(bad):
     with pytest.raises(SelfExtendConfigError, match="rpc_servers|host:port"):
         parse_endpoints(bad)
@@ -175,7 +240,7 @@ def test_malformed_server_addresses(bad):
 
 def test_endpoints_from_a_comma_separated_string():
     assert parse_endpoints("a:1, b:2") == ["a:1", "b:2"]
-    assert parse_endpoints(["[::1]:50052"]) == ["[::1]:50052"]
+    assert parse_endpoints(["127.0.0.1:050052"]) == ["127.0.0.1:50052"]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
@@ -187,16 +252,20 @@ def test_rpc_server_listens_on_loopback_only(servers):
     assert listening == [f"0100007F:{port:04X}"], listening
 
 
-def test_cli_rpc_flag_reaches_the_model(servers, tiny_llama_path, monkeypatch):
-    """``--rpc`` of the CLI subcommands becomes ``rpc_servers``."""
+def test_server_settings_put_the_model_on_the_servers(servers, tiny_chat_path):
+    """``serve --rpc`` becomes ``rpc_servers`` in the server's settings, and the proxy passes them on."""
+    pytest.importorskip("fastapi", reason="the server extra is not installed")
     from selfextend_gguf import cli
+    from selfextend_gguf.server import LongLlamaProxy, LongModelSettings
 
-    args = cli.build_parser().parse_args(["chat", "--model", str(tiny_llama_path), "--rpc", ",".join(servers)])
-    assert parse_endpoints(args.rpc) == servers
-    args = cli.build_parser().parse_args(["serve", "--rpc", servers[0]])
-    assert args.rpc == servers[0]
-    args = cli.build_parser().parse_args(["bench", "--rpc", servers[0]])
-    assert args.rpc == servers[0]
+    args = cli.build_parser().parse_args(["serve", "--rpc", ",".join(servers)])
+    settings = LongModelSettings(model=str(tiny_chat_path), n_ctx=128, rpc_servers=args.rpc.split(","), verbose=False)
+    llm = LongLlamaProxy.load_llama_from_model_settings(settings)
+    try:
+        assert llm._rpc_servers == servers and llm.model_params.n_gpu_layers > 0
+        assert llm.model_params.devices  # the servers' devices, not llama.cpp's default (NULL)
+    finally:
+        llm.close()
 
 
 @pytest.mark.slow
