@@ -2,8 +2,10 @@
 
 Starts two ``selfextend-gguf rpc-server`` processes on 127.0.0.1 (``--server-threads`` each),
 runs the same ``bench`` (stock ``none`` and ``exact`` by default) once locally and once with
-``--rpc`` and every layer split evenly across the servers, and records the bytes each server
-read and wrote over the run (``/proc/PID/io``: llama.cpp reports none). Writes
+``--rpc`` and every layer split evenly across the servers, and records the bytes that crossed the
+loopback interface during the RPC run (``/proc/net/dev``: llama.cpp reports none, and
+``/proc/PID/io`` does not count socket traffic; on an otherwise idle machine this is the RPC
+traffic, each byte counted once). Writes
 ``OUT/local/bench.json``, ``OUT/rpc/bench.json``, ``OUT/rpc_io.json`` and prints the table.
 Resumable: each bench continues its report (``--resume``), skipping the (method, length) rows it
 has; the bytes of each RPC invocation are appended to ``rpc_io.json``.
@@ -21,23 +23,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _loopback_bytes() -> int:
+    """Bytes sent over the loopback interface since boot (Linux)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[8])  # transmit bytes (on lo, equal to receive bytes)
+    raise SystemExit("no loopback interface in /proc/net/dev")
 
 
-def _io(pid: int) -> Dict[str, int]:
-    """rchar/wchar of a process: every byte it read or wrote, sockets included (Linux)."""
-    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return {"read": int(fields["rchar"]), "written": int(fields["wchar"])}
-
-
-def _start_server(threads: int) -> tuple:
-    port = _free_port()
+def _start_server(threads: int, port: int) -> tuple:
     proc = subprocess.Popen([sys.executable, "-m", "selfextend_gguf.cli", "rpc-server", "--port", str(port),
                              "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
@@ -91,6 +89,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the local run")
     p.add_argument("--server-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="threads of each rpc-server (default: half the cores, so both together use all)")
+    p.add_argument("--ports", nargs=2, type=int, default=[50152, 50153],
+                   help="ports of the two servers; fixed, so that a resumed bench has the same --rpc")
     p.add_argument("--out", type=Path, default=Path("rpc-bench"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,23 +99,21 @@ def main() -> int:
     io_file = args.out / "rpc_io.json"
     runs = json.loads(io_file.read_text()) if io_file.is_file() else []
     if not _complete(args, args.out / "rpc"):
-        servers = [_start_server(args.server_threads) for _ in range(2)]
+        servers = [_start_server(args.server_threads, port) for port in args.ports]
         try:
-            before = [_io(proc.pid) for proc, _ in servers]
+            before = _loopback_bytes()
             _bench(args, args.out / "rpc", ["--rpc", ",".join(endpoint for _, endpoint in servers)])
-            after = [_io(proc.pid) for proc, _ in servers]
+            after = _loopback_bytes()
         finally:
             for proc, _ in servers:
                 proc.terminate()
                 proc.wait(timeout=30)
-        runs.append([{"server": i, "read_bytes": a["read"] - b["read"], "written_bytes": a["written"] - b["written"]}
-                     for i, (b, a) in enumerate(zip(before, after))])
+        runs.append({"loopback_bytes": after - before})
         io_file.write_text(json.dumps(runs, indent=1) + "\n")
     print(_table(args.out))
     for n, run in enumerate(runs):
-        for s in run:
-            print(f"run {n}, server {s['server']}: read {s['read_bytes'] / 2**20:.1f} MiB, wrote "
-                  f"{s['written_bytes'] / 2**20:.1f} MiB (model upload, every prompt and decode step of the run)")
+        print(f"RPC run {n}: {run['loopback_bytes'] / 2**20:.1f} MiB over loopback (model uploads, every prompt "
+              "and decode step, both directions)")
     return 0
 
 
