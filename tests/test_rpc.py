@@ -21,7 +21,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from test_server import _OUTSIDE_CHECKOUT, _free_port
+from test_server import _OUTSIDE_CHECKOUT, _free_port, _terminate
 from selfextend_gguf import LongLlama, SelfExtendConfigError
 from selfextend_gguf.errors import RpcServerError
 from selfextend_gguf.rpc import RpcLlama, parse_endpoints
@@ -54,12 +54,7 @@ class RpcServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _terminate(self.proc, timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,16 @@ class Server:
         return out
 
 
+def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``proc``, and SIGKILL it if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _completion(prompt: str, **kw) -> dict:
     return dict(prompt=prompt, max_tokens=12, temperature=0.0, repeat_penalty=1.0, logit_bias=ASCII_ONLY, **kw)
 

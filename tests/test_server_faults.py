@@ -28,7 +28,7 @@ from selfextend_gguf import LongLlama  # noqa: E402
 from selfextend_gguf.errors import InvalidTokenError, SelfExtendConfigError  # noqa: E402
 from test_server import (  # noqa: E402
     ASCII_ONLY, G, MESSAGES, N_BATCH, N_CTX, PROMPTS, W, _OUTSIDE_CHECKOUT, Server, _chat, _completion,
-    _free_port, _streamed_text,
+    _free_port, _streamed_text, _terminate,
 )
 
 MODE = "shift"
@@ -54,12 +54,7 @@ class DrainedServer(Server):
     def stop(self) -> str:
         if self._reader is None:
             return super().stop()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _terminate(self.proc, timeout=30)
         self._reader.join(timeout=10)
         return "".join(self.lines)
 
