@@ -22,6 +22,10 @@ def _concurrency_limit(text: str) -> int:
     return value
 
 
+#: --cache-type-k/-v: ggml type ids (ggml.h) of the KV cache types that llama.cpp's server also offers
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``selfextend-gguf serve`` beyond the model options every command shares."""
     p.add_argument("--n-ctx", type=int, default=None,
@@ -37,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="require this bearer token")
     p.add_argument("--limit-concurrency", type=_concurrency_limit, default=None,
                    help="answer requests beyond this many in flight with a JSON 503 (default: all queue)")
+    p.add_argument("--cache-type-k", choices=sorted(CACHE_TYPES), default="f16",
+                   help="type of the cached keys (default: %(default)s); exact mode re-rotates a key in place "
+                        "once, so with f16 or a quantized type its answers can differ in the last bits after "
+                        "prefix reuse, f32 makes them independent of the cache's history")
+    p.add_argument("--cache-type-v", choices=sorted(CACHE_TYPES), default="f16",
+                   help="type of the cached values (default: %(default)s; quantized needs flash attention in llama.cpp)")
     p.add_argument("--interrupt", action="store_true",
                    help="cut a streaming reply short when another request arrives (llama_cpp.server's default; "
                         "the cut stream ends without closing its HTTP chunks). Default: replies finish, others wait")
@@ -61,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, logits_all=args.logits_all,
         group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
         rpc_servers=args.rpc.split(",") if args.rpc else None,
+        type_k=CACHE_TYPES[args.cache_type_k], type_v=CACHE_TYPES[args.cache_type_v],
         verbose=args.verbose)
     server = ServerSettings(host=args.host, port=args.port, api_key=args.api_key,
                             interrupt_requests=args.interrupt)

@@ -97,7 +97,7 @@ def assert_openai_error(answer: Tuple[int, str, Any], status: int, words: str = 
 def _expected(model: Path) -> dict:
     """Greedy replies of an in-process LongLlama with the server's settings (as test_server computes them)."""
     llm = LongLlama(str(model), group_size=G, window=W, mode=MODE, n_ctx=N_CTX, n_batch=N_BATCH,
-                    n_ubatch=N_BATCH, n_threads=1, n_threads_batch=1, verbose=False)
+                    n_ubatch=N_BATCH, n_threads=1, n_threads_batch=1, type_k=0, type_v=0, verbose=False)
     try:
         bias = {int(k): v for k, v in ASCII_ONLY.items()}
         expected = {p: llm.create_completion(p, max_tokens=12, temperature=0.0, logit_bias=bias)["choices"][0]["text"]
