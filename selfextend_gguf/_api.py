@@ -1,4 +1,4 @@
-"""ctypes binding of the C API that ``patches/0004-llama-self-extend-api.patch`` adds to llama.h.
+"""ctypes binding of the C API that ``patches/0005-llama-exact-self-extend.patch`` adds to llama.h.
 
     int32_t llama_set_self_extend(struct llama_context * ctx, enum llama_self_extend_mode mode,
                                   int32_t group_size, int32_t window);
@@ -24,6 +24,10 @@ _ERRORS = {
     -2: (UnsupportedModelError, "the model has no RoPE attention layers, or recurrent/hybrid memory"),
     -3: (SelfExtendConfigError, "the context already holds tokens; call reset() and clear the cache first"),
     -4: (UnsupportedModelError, "this model or context configuration is not supported (see the llama.cpp log)"),
+    -5: (SelfExtendConfigError, "the compute graph of this setting does not fit in memory; the previous setting "
+                                "is kept (try a smaller n_ubatch or n_ctx)"),
+    -6: (UnsupportedModelError, "exact mode does not compute this model's attention (ALiBi, logit "
+                                "soft-capping, attention sinks or Grok's output scale); use mode='shift'"),
 }
 
 

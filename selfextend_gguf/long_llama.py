@@ -230,8 +230,26 @@ class LongLlama(RpcLlama):
         See :meth:`_eval`. Raises :class:`RpcServerError` if an RPC server of the model was
         lost meanwhile (the evaluation failed, or returned zeros for what that server held).
         """
-        with self._rpc_checked():
-            self._eval(tokens)
+        try:
+            with self._rpc_checked():
+                self._eval(tokens)
+        except RuntimeError:
+            self._sync_after_failed_decode()
+            raise
+
+    def _sync_after_failed_decode(self) -> None:
+        """After a failed ``llama_decode``, count as cached only what the cache still holds.
+
+        llama.cpp removes the failed batch from the cache, and in exact mode also the keys that
+        batch was re-storing in their grouped form (a few tokens before it), which
+        ``llama_cpp.Llama`` does not know: the next evaluation then starts from there again.
+        """
+        ctx = getattr(getattr(self, "_ctx", None), "ctx", None)
+        if not ctx:
+            return
+        held = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(ctx), 0)) + 1
+        self.n_tokens = min(self.n_tokens, max(0, held))
+        self._n_cached = min(getattr(self, "_n_cached", 0), self.n_tokens)
 
     def _eval(self, tokens: Sequence[int]) -> None:
         """Evaluate ``tokens`` after the first ``self.n_tokens`` ones, as :meth:`llama_cpp.Llama.eval`.

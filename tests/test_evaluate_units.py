@@ -148,7 +148,10 @@ def test_token_nlls_equal_numpy_softmax_of_llama_logits(tiny_llama_path, mode):
     from selfextend_gguf import LongLlama
 
     tokens = [1] + [int(t) for t in np.random.default_rng(3).integers(3, 259, size=150)]
-    kw = dict(n_ctx=160, logits_all=True, n_batch=64, n_ubatch=64, **KW)
+    # F32 caches: exact mode re-rotates a key in place when it leaves the window, so with an F16 cache the
+    # rounding of a key depends on where the ubatches split (as after a K-shift in the stock library), which
+    # is not what this test is about
+    kw = dict(n_ctx=160, logits_all=True, n_batch=64, n_ubatch=64, type_k=0, type_v=0, **KW)
     make = (lambda: llama_cpp.Llama(model_path=str(tiny_llama_path), **kw)) if mode is None else \
         (lambda: LongLlama(tiny_llama_path, mode=mode, group_size=4, window=16, **kw))
     ref = make()

@@ -1,4 +1,4 @@
-"""Exact SelfExtend inside the llama.cpp graph (patches 0004 + 0005) against the NumPy oracle.
+"""Exact SelfExtend inside the llama.cpp graph (patches/0005) against the NumPy oracle.
 
 Needs the patched library: the one selfextend_gguf installs, or LLAMA_CPP_LIB_PATH=<dir with
 libllama.so>. The tests fail (with the reason) when it does not export llama_set_self_extend.
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import numpy_oracle as no
-from tiny_models import write_tiny_model
+from tiny_models import write_tiny_gemma3, write_tiny_model
 
 TOL = 1e-4
 
@@ -57,7 +57,7 @@ def llama_cpp():
         fset = lib.llama_set_self_extend
         fget = lib.llama_get_self_extend
     except AttributeError:
-        pytest.fail("the loaded libllama does not export llama_set_self_extend (patch 0004 not applied)")
+        pytest.fail("the loaded libllama does not export llama_set_self_extend (patches/0005 not applied)")
     fset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int32, ctypes.c_int32]
     fset.restype = ctypes.c_int32
     fget.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]
@@ -580,3 +580,175 @@ def _run_kw(lc, path, tokens, *, mode=SE_EXACT, g=4, w=8, **kw):
         return _decode(lc, llm, tokens)
     finally:
         llm.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# storage: a key is stored at its exact position while it is within W of the newest position of
+# its sequence, and re-rotated once, in place, to j/G in the ubatch where it leaves that window
+
+
+@pytest.mark.parametrize("arch,cache", [("llama", "f32"), ("qwen2_hd64", "q8_0 K")])
+def test_seq_rm_back_into_the_window_then_continue(llama_cpp, models, arch, cache):
+    """Cut a sequence back by less than W: keys that were stored grouped are inside the window of
+    the new newest position again and must be un-grouped (the K-shift does it). Continuing then, in
+    a chunk and token by token, gives what a fresh evaluation of the same tokens gives; with a
+    q8_0 K cache (Hadamard-rotated, head_dim 64) within the rounding that the cache adds."""
+    lc = llama_cpp
+    path = models[arch]
+    g, w, n, keep, more = 4, 16, 140, 130, 30
+    tokens = _tokens(keep + more, seed=47)
+    kw = {} if cache == "f32" else dict(type_k=CACHES[cache][0], type_v=CACHES[cache][1])
+    other = _tokens(n - keep, seed=48)  # what the cut removes
+    llm = _open(lc, path, **kw)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, g, w) == 0
+        _decode(lc, llm, np.concatenate([tokens[:keep], other]))
+        assert lc.llama_memory_seq_rm(lc.llama_get_memory(llm.ctx), 0, keep, -1)
+        again = _decode(lc, llm, tokens[keep:], start=keep, chunk=8, tail=10)
+    finally:
+        llm.close()
+    fresh = _run(lc, path, tokens, g=g, w=w, **kw)[keep:]
+    ref = _oracle(path, tokens, g, w)[keep:]
+    err, err_ref = no.rel_max_err(again, fresh), no.rel_max_err(again, ref)
+    print(f"\n[storage] {arch} {cache}: cut back by {n - keep} < W = {w}, continued: vs fresh {err:.2e}, "
+          f"vs oracle {err_ref:.2e}")
+    if cache == "f32":
+        assert err <= 1e-5 and err_ref <= TOL
+    else:
+        # the un-grouped keys were rotated in the quantized cache and back: the bound of
+        # test_low_precision_caches, against the deviation of the stock library's cache of this type
+        stock = no.rel_max_err(_run(lc, path, tokens, mode=SE_NONE, **kw), _run(lc, path, tokens, mode=SE_NONE))
+        exact_f32 = _run(lc, path, tokens, g=g, w=w)[keep:]
+        e_low = no.rel_max_err(again, exact_f32)
+        print(f"[storage] {cache} vs F32: exact after the cut {e_low:.2e}, stock {stock:.2e}")
+        assert e_low <= 3 * stock + 1e-3
+
+
+def _state(lc, llm) -> bytes:
+    n = lc.llama_state_get_size(llm.ctx)
+    buf = (ctypes.c_uint8 * n)()
+    assert lc.llama_state_get_data(llm.ctx, buf, n) == n
+    return bytes(buf)
+
+
+def _seq_state(lc, llm, seq_id=0) -> bytes:
+    n = lc.llama_state_seq_get_size(llm.ctx, seq_id)
+    buf = (ctypes.c_uint8 * n)()
+    assert lc.llama_state_seq_get_data(llm.ctx, buf, n, seq_id) == n
+    return bytes(buf)
+
+
+def test_state_carries_the_setting(llama_cpp, models):
+    """A state (whole context or one sequence) saved past W and loaded into a context with the same
+    setting continues with the logits the original context gives; loaded into a context with
+    another setting (other G, other W, self-extend off) it is refused by llama_state_set_data /
+    llama_state_seq_set_data themselves, and the refused context still works."""
+    lc = llama_cpp
+    path = models["llama"]
+    g, w, n = 4, 8, 100
+    tokens = _tokens(n + 12, seed=53)
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, g, w) == 0
+        _decode(lc, llm, tokens[:n])
+        state, seq_state = _state(lc, llm), _seq_state(lc, llm)
+        expected = _decode(lc, llm, tokens[n:], start=n, chunk=1)
+    finally:
+        llm.close()
+
+    for loader in ("state", "seq"):
+        llm = _open(lc, path)
+        try:
+            _clear(lc, llm)
+            assert _set_se(lc, llm, SE_EXACT, g, w) == 0
+            if loader == "state":
+                buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+                assert lc.llama_state_set_data(llm.ctx, buf, len(state)) == len(state)
+            else:
+                buf = (ctypes.c_uint8 * len(seq_state)).from_buffer_copy(seq_state)
+                assert lc.llama_state_seq_set_data(llm.ctx, buf, len(seq_state), 0) == len(seq_state)
+            got = _decode(lc, llm, tokens[n:], start=n, chunk=1)
+        finally:
+            llm.close()
+        print(f"\n[state] {loader}: loaded into the same setting, continued: {no.rel_max_err(got, expected):.2e}")
+        assert no.rel_max_err(got, expected) <= 1e-6
+
+    for mode, og, ow in ((SE_EXACT, 2, 8), (SE_EXACT, 4, 16), (SE_NONE, 1, 1)):
+        llm = _open(lc, path)
+        try:
+            _clear(lc, llm)
+            assert _set_se(lc, llm, mode, og, ow) == 0
+            buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+            assert lc.llama_state_set_data(llm.ctx, buf, len(state)) == 0
+            buf = (ctypes.c_uint8 * len(seq_state)).from_buffer_copy(seq_state)
+            assert lc.llama_state_seq_set_data(llm.ctx, buf, len(seq_state), 0) == 0
+            # nothing was loaded, and the context works with its own setting
+            assert lc.llama_memory_seq_pos_max(lc.llama_get_memory(llm.ctx), 0) == -1
+            out = _decode(lc, llm, tokens[:40])
+        finally:
+            llm.close()
+        assert np.array_equal(out, _run(lc, path, tokens[:40], mode=mode, g=og, w=ow))
+
+
+def test_attention_variants_are_refused(llama_cpp, tmp_path):
+    """Logit soft-capping (gemma2) is an attention variant that the oracle does not cover: the C API
+    refuses it (-6, and the setting stays off) and LongLlama raises UnsupportedModelError naming it."""
+    from selfextend_gguf import LongLlama
+    from selfextend_gguf.errors import UnsupportedModelError
+
+    lc = llama_cpp
+    path = write_tiny_gemma3(tmp_path / "gemma2.gguf", arch="gemma2", head_dim=32, n_embd=64, n_head=2,
+                             n_head_kv=1)
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, 4, 8) == -6
+        assert _get_se(lc, llm)[0] == SE_NONE
+        assert _set_se(lc, llm, SE_NONE, 1, 1) == 0
+    finally:
+        llm.close()
+    with pytest.raises(UnsupportedModelError, match="soft-capping"):
+        LongLlama(path, mode="exact", group_size=4, window=8, n_ctx=128, verbose=False)
+
+
+def test_sequence_starting_past_the_window(llama_cpp, models):
+    """A sequence whose first tokens are at positions >= W (allowed by llama_decode): two tokens that
+    are each other's neighbours give what the same tokens at positions 0 and 1 give (RoPE depends on
+    the distance only), and the sequence then continues past W."""
+    lc = llama_cpp
+    path = models["llama"]
+    tokens = _tokens(30, seed=61)
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, 4, 8) == 0
+        late = _decode(lc, llm, tokens[:2], start=100)
+        more = _decode(lc, llm, tokens[2:], start=102, chunk=5)
+    finally:
+        llm.close()
+    early = _run(lc, path, tokens[:2], g=4, w=8)
+    assert no.rel_max_err(late, early) <= 1e-5
+    assert np.isfinite(more).all()
+
+
+def test_non_causal_decode_is_refused(llama_cpp, models):
+    """The self-extend graph is causal; a non-causal decode would read keys stored in their grouped
+    form as if exact, so llama_decode refuses it with an error code, and works again once causal."""
+    lc = llama_cpp
+    path = models["llama"]
+    tokens = _tokens(40, seed=62)
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, 4, 8) == 0
+        _decode(lc, llm, tokens[:20])
+        lc.llama_set_causal_attn(llm.ctx, False)
+        with pytest.raises(AssertionError, match="llama_decode returned -1"):
+            _decode(lc, llm, tokens[20:22], start=20)
+        lc.llama_set_causal_attn(llm.ctx, True)
+        again = _decode(lc, llm, tokens[20:], start=20)
+    finally:
+        llm.close()
+    assert no.rel_max_err(again, _run(lc, path, tokens, g=4, w=8)[20:]) <= 1e-5

@@ -1,4 +1,4 @@
-"""Exact mode through LongLlama (the binding of patches 0004/0005), against the NumPy oracle.
+"""Exact mode through LongLlama (the binding of patches/0005), against the NumPy oracle.
 
 tests/test_exact_graph.py checks the graph through the raw C API; these check what a
 user of LongLlama gets: generation, prefix reuse, state, and the setting read back.
@@ -91,3 +91,46 @@ def test_group_size_one_is_bit_identical_to_off(tiny_llama_path):
     assert np.array_equal(np.array(on.scores[:60]), np.array(off.scores[:60]))
     on.close()
     off.close()
+
+
+def test_failed_decode_keeps_the_cache_consistent(tiny_llama_path):
+    """A decode that fails halfway through the graph (here: aborted by the abort callback after the
+    first layer) may have re-stored some keys in their grouped form in some layers and not in
+    others. llama.cpp then removes them with the failed batch, LongLlama counts as cached only what
+    the cache holds, and continuing gives the logits of a fresh evaluation."""
+    import ctypes
+
+    from selfextend_gguf import LongLlama, load_llama_cpp
+
+    lc = load_llama_cpp()
+    kw = dict(n_ctx=192, n_batch=32, n_ubatch=32, type_k=0, type_v=0, n_threads=1, n_threads_batch=1,
+              logits_all=True, verbose=False)
+    tokens = [int(t) for t in np.random.default_rng(71).integers(3, 259, size=150)]
+    llm = LongLlama(tiny_llama_path, mode="exact", group_size=4, window=16, **kw)
+    try:
+        llm.eval(tokens[:100])
+        state = {"calls": 0, "armed": True}
+
+        @lc.ggml_abort_callback
+        def abort(_data):
+            state["calls"] += 1
+            return state["armed"] and state["calls"] > 60  # inside the second of the two layers
+
+        lc.llama_set_abort_callback(llm._ctx.ctx, abort, None)
+        with pytest.raises(RuntimeError):
+            llm.eval(tokens[100:132])
+        state["armed"] = False
+        held = lc.llama_memory_seq_pos_max(lc.llama_get_memory(llm._ctx.ctx), 0) + 1
+        # the failed batch and the keys it was re-storing (positions 84..99 leave the window of 131) are gone
+        assert llm.n_tokens == held and held <= 100 - 16 + 1
+        llm.eval(tokens[llm.n_tokens:150])
+        got = np.array(llm.scores[100:150])
+    finally:
+        llm.close()
+    fresh = LongLlama(tiny_llama_path, mode="exact", group_size=4, window=16, **kw)
+    try:
+        fresh.eval(tokens[:150])
+        expected = np.array(fresh.scores[100:150])
+    finally:
+        fresh.close()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()

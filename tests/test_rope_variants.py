@@ -38,7 +38,7 @@ VARIANTS = {
 }
 
 # stock llama.cpp's K-shift re-applied the YaRN magnitude (fixed by
-# patches/0003-kv-cache-k-shift-pure-rotation.patch, see test_k_shift_with_yarn_matches_oracle)
+# patches/0004-kv-cache-k-shift-pure-rotation.patch, see test_k_shift_with_yarn_matches_oracle)
 YARN = {"yarn-x2-norm", "yarn-x4-neox"}
 
 
@@ -93,7 +93,7 @@ def test_k_shift_with_yarn_matches_oracle(variant_paths, variant):
     """Stock llama.cpp's build_rope_shift re-rotated cached K with the model's yarn_attn_factor,
     and ggml multiplies every YaRN rotation by 1 + 0.1 ln(1/freq_scale), so a shifted key carried
     that magnitude twice (measured before the fix: 0.69 / 0.77 relative error for x2 / x4).
-    patches/0003 makes the shift a pure rotation. Checked on the library alone: the shift schedule
+    patches/0004 makes the shift a pure rotation. Checked on the library alone: the shift schedule
     run by hand with llama_memory_seq_add/seq_div on a stock Llama, against the oracle, for a YaRN
     GGUF and (where the K-shift was always right) a linear one; YaRN asked for through the context
     parameters is accepted by shift mode too."""

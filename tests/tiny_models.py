@@ -298,8 +298,12 @@ def write_tiny_gemma3(
     rope_theta_swa: float | None = None,
     zero_attn_out: Sequence[int] = (),
     seed: int = 31,
+    arch: str = "gemma3",
 ) -> Path:
     """Write a tiny random gemma3 (rope NEOX, q/k RMS norms, post-attention/FFN norms, GELU FFN).
+
+    arch="gemma2" writes its predecessor instead: no q/k norms, and attention logit soft-capping
+    (``gemma2.attn_logit_softcapping`` 50, as the released models).
 
     sliding_window: ``gemma3.attention.sliding_window`` (None: no SWA, every layer full attention).
     swa_pattern: ``gemma3.attention.sliding_window_pattern``; an int n makes layer il sliding-window
@@ -312,8 +316,9 @@ def write_tiny_gemma3(
     rng = np.random.default_rng(seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_name("selfextend-gguf tiny gemma3 test model")
+    assert arch in ("gemma3", "gemma2"), arch
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"selfextend-gguf tiny {arch} test model")
     w.add_context_length(context_length)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -327,11 +332,14 @@ def write_tiny_gemma3(
     if sliding_window is not None:
         w.add_sliding_window(sliding_window)
         if isinstance(swa_pattern, int):
-            w.add_uint32("gemma3.attention.sliding_window_pattern", swa_pattern)
+            w.add_uint32(f"{arch}.attention.sliding_window_pattern", swa_pattern)
         else:
-            w.add_array("gemma3.attention.sliding_window_pattern", [bool(x) for x in swa_pattern])
+            w.add_array(f"{arch}.attention.sliding_window_pattern", [bool(x) for x in swa_pattern])
         if rope_theta_swa is not None:
-            w.add_float32("gemma3.rope.freq_base_swa", float(rope_theta_swa))
+            w.add_float32(f"{arch}.rope.freq_base_swa", float(rope_theta_swa))
+    if arch == "gemma2":
+        w.add_float32("gemma2.attn_logit_softcapping", 50.0)
+        w.add_float32("gemma2.final_logit_softcapping", 30.0)
     w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
     tokens, scores, types = _spm_vocab(n_vocab)
     w.add_tokenizer_model("llama")
@@ -359,8 +367,9 @@ def write_tiny_gemma3(
         mat(p + "attn_q.weight", n_head * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "attn_k.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "attn_v.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
-        vec(p + "attn_q_norm.weight", head_dim, 2.0, 0.3)
-        vec(p + "attn_k_norm.weight", head_dim, 2.0, 0.3)
+        if arch == "gemma3":
+            vec(p + "attn_q_norm.weight", head_dim, 2.0, 0.3)
+            vec(p + "attn_k_norm.weight", head_dim, 2.0, 0.3)
         mat(p + "attn_output.weight", n_embd, n_head * head_dim, 0.0 if il in zero_attn_out else 1.0 / np.sqrt(n_head * head_dim))
         vec(p + "post_attention_norm.weight", n_embd)
         vec(p + "ffn_norm.weight", n_embd)
