@@ -116,13 +116,41 @@ def test_perplexity_text_too_short(tiny128, tmp_path, capsys):
     assert rc == 2 and "fewer than the length 256" in capsys.readouterr().err
 
 
+def test_bench_flash_attn_both(tiny128, tmp_path, capsys):
+    """--flash-attn both runs every (method, n_ctx) with flash attention off and on, and each row's
+    ratios are to the stock library with the same setting."""
+    out_dir = tmp_path / "fa"
+    rc = main(["bench", "--model", tiny128, "--lengths", "128", "--decode", "2", "--methods", "none", "exact",
+               "--flash-attn", "both", "--out", str(out_dir), *COMMON])
+    assert rc == 0
+    table = _table_lines(capsys.readouterr().out)
+    assert len(table) == 6 and {line.split("|")[2].strip() for line in table[2:]} == {"off", "on"}
+    report = _report(out_dir / "bench.json", "bench")
+    assert sorted((t["flash_attn"], t["method"]) for t in report["rows"]) == [
+        (False, "exact"), (False, "none"), (True, "exact"), (True, "none")]
+    for r in report["summary"]:
+        base = next(b for b in report["summary"] if b["method"] == "none" and b["flash_attn"] == r["flash_attn"])
+        assert r["prompt_x"] == pytest.approx(r["prompt_tps"] / base["prompt_tps"])
+    # --resume with the same options runs nothing again
+    rc = main(["bench", "--model", tiny128, "--lengths", "128", "--decode", "2", "--methods", "none", "exact",
+               "--flash-attn", "both", "--out", str(out_dir), "--resume", *COMMON])
+    assert rc == 0 and len(_report(out_dir / "bench.json", "bench")["rows"]) == 4
+
+
+def test_flash_attn_both_is_for_bench_only(tiny128, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["perplexity", "--model", tiny128, "--flash-attn", "both", "--out", str(tmp_path), *COMMON])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_bench_miniature(tiny128, tmp_path, capsys):
     out_dir = tmp_path / "bn"
     rc = main(["bench", "--model", tiny128, "--lengths", "128", "256", "--decode", "3", "--methods", "none",
                "shift", "exact", "--repeat", "2", "--out", str(out_dir), *COMMON])
     assert rc == 0
     table = _table_lines(capsys.readouterr().out)
-    assert table[0].startswith("| n_ctx | method | setting | prompt tok/s | decode tok/s | KV MiB") and len(table) == 8
+    assert table[0].startswith("| n_ctx | flash attn | method | setting | prompt tok/s | decode tok/s | KV MiB")
+    assert len(table) == 8
     report = _report(out_dir / "bench.json", "bench")
     trials, rows = report["rows"], report["summary"]
     assert len(trials) == 12 and sorted({t["trial"] for t in trials}) == [0, 1]

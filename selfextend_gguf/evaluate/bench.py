@@ -119,6 +119,7 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
         # llama.cpp logs a compute buffer that grew past its reservation when the context is freed
         _, compute_final = buffer_sizes("".join(log))
     return {"method": method.label, "kind": method.kind, "setting": method.setting, "n_ctx": n_ctx,
+            "flash_attn": bool(llama_kwargs.get("flash_attn", False)),
             "prompt_tokens": n_prompt, "decode_tokens": decode, "prompt_seconds": t_prompt,
             "decode_seconds": t_decode, "prompt_tps": n_prompt / t_prompt, "decode_tps": decode / t_decode if decode else None,
             "kv_mib": kv, "compute_mib": max(compute_reserved, compute_final), "peak_rss_mib": rss,
@@ -126,40 +127,47 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
 
 
 def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: Sequence[int], decode: int,
-        llama_kwargs: Dict[str, Any], repeat: int = 1, progress: Any = None,
-        skip: Callable[[str, int, int], bool] = lambda label, n_ctx, trial: False,
+        llama_kwargs: Dict[str, Any], repeat: int = 1, flash_attn: Sequence[bool] = (False,), progress: Any = None,
+        skip: Callable[[str, int, int, bool], bool] = lambda label, n_ctx, trial, fa: False,
         on_unit: Callable[[Dict[str, Any], Method], None] = lambda row, method: None,
         ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """``(trials, summary)``: every method at every ``n_ctx`` in ``lengths``, ``repeat`` times.
+    """``(trials, summary)``: every method at every ``n_ctx`` in ``lengths``, with each of the
+    ``flash_attn`` settings, ``repeat`` times.
 
     Trials are interleaved (all methods once, then all again) so that a burst of load from
-    other processes hits every method alike; ``summary`` has one row per (n_ctx, method) with
-    the median throughputs and ratios to ``none`` (:func:`summarize`). Settings are resolved,
-    and bad ones rejected, before anything runs. ``on_unit(row, method)`` gets each run as soon
-    as it is done; runs that ``skip(label, n_ctx, trial)`` accepts are not repeated.
+    other processes hits every method alike; ``summary`` has one row per (n_ctx, flash_attn,
+    method) with the median throughputs and ratios to ``none`` with the same flash-attention
+    setting (:func:`summarize`). Settings are resolved, and bad ones rejected, before anything
+    runs. ``on_unit(row, method)`` gets each run as soon as it is done; runs that
+    ``skip(label, n_ctx, trial, flash_attn)`` accepts are not repeated.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if not flash_attn:
+        raise ValueError("flash_attn needs at least one setting")
     resolved = {n: resolve_all(specs, n, n_ctx_train) for n in sorted(lengths)}
     trials = []
     for methods in resolved.values():
         for trial in range(repeat):
-            for method in methods:
-                if not skip(method.label, method.n_ctx, trial):
-                    row = {**run_one(model, method, decode=decode, llama_kwargs=llama_kwargs), "trial": trial}
-                    trials.append(row)
-                    on_unit(row, method)
-                if progress is not None:
-                    progress.update(1)
+            for fa in flash_attn:
+                for method in methods:
+                    if not skip(method.label, method.n_ctx, trial, fa):
+                        kwargs = {**llama_kwargs, "flash_attn": fa}
+                        row = {**run_one(model, method, decode=decode, llama_kwargs=kwargs), "trial": trial}
+                        trials.append(row)
+                        on_unit(row, method)
+                    if progress is not None:
+                        progress.update(1)
     return trials, summarize(trials)
 
 
 def summarize(trials: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (n_ctx, method): median times and throughputs over its trials, the largest
-    memory figures, ``trials`` = how many, and the ratios of :func:`add_ratios`."""
+    """One row per (n_ctx, flash_attn, method): median times and throughputs over its trials, the
+    largest memory figures, ``trials`` = how many, and the ratios of :func:`add_ratios`."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for t in trials:
-        groups.setdefault((t["n_ctx"], t["method"]), []).append(t)
+        t = {"flash_attn": False, **t}  # reports written before the setting was recorded
+        groups.setdefault((t["n_ctx"], t["flash_attn"], t["method"]), []).append(t)
     rows = []
     for group in groups.values():
         row = {k: v for k, v in group[0].items() if k != "trial"}
@@ -175,11 +183,12 @@ def summarize(trials: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def add_ratios(rows: Sequence[Dict[str, Any]], baseline: str = "none") -> List[Dict[str, Any]]:
     """Each row with ``prompt_x``, ``decode_x``, ``memory_x`` (KV + compute) and ``rss_x`` relative to
-    the ``baseline`` method's row at the same ``n_ctx`` (``None`` without one)."""
-    base = {r["n_ctx"]: r for r in rows if r["method"] == baseline}
+    the ``baseline`` method's row at the same ``n_ctx`` and flash-attention setting (``None``
+    without one)."""
+    base = {(r["n_ctx"], r.get("flash_attn", False)): r for r in rows if r["method"] == baseline}
     out = []
     for r in rows:
-        b = base.get(r["n_ctx"])
+        b = base.get((r["n_ctx"], r.get("flash_attn", False)))
 
         def ratio(a, c):
             return a / c if b is not None and a is not None and c else None
@@ -198,11 +207,12 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    body = [[r["n_ctx"], r["method"], r["setting"], f(r["prompt_tps"], ".1f"), f(r["decode_tps"], ".1f"),
+    body = [[r["n_ctx"], "on" if r.get("flash_attn") else "off", r["method"], r["setting"],
+             f(r["prompt_tps"], ".1f"), f(r["decode_tps"], ".1f"),
              f(r["kv_mib"], ".1f"), f(r["compute_mib"], ".1f"), f(r["peak_rss_mib"], ".0f"),
              f(r["prompt_x"], ".2f"), f(r["decode_x"], ".2f"), f(r["memory_x"], ".2f")] for r in rows]
-    return markdown_table(["n_ctx", "method", "setting", "prompt tok/s", "decode tok/s", "KV MiB", "compute MiB",
-                           "peak RSS MiB", "prompt x", "decode x", "memory x"], body)
+    return markdown_table(["n_ctx", "flash attn", "method", "setting", "prompt tok/s", "decode tok/s", "KV MiB",
+                           "compute MiB", "peak RSS MiB", "prompt x", "decode x", "memory x"], body)
 
 
 def plot(rows: Sequence[Dict[str, Any]], out_dir: Path, model_name: str) -> List[Path]:
@@ -210,12 +220,17 @@ def plot(rows: Sequence[Dict[str, Any]], out_dir: Path, model_name: str) -> List
     plt = pyplot()
     if plt is None:
         return []
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    both = len({bool(r.get("flash_attn")) for r in rows}) > 1
+
+    def label(r: Dict[str, Any]) -> str:
+        return r["method"] + (" (FA)" if both and r.get("flash_attn") else "")
+
+    methods = list(dict.fromkeys(label(r) for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110)
     panels = [("prompt_tps", "prompt tokens/s"), ("decode_tps", "decode tokens/s"), (None, "KV + compute MiB")]
     for ax, (key, title) in zip(axes, panels):
         for m in methods:
-            pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["n_ctx"])
+            pts = sorted((r for r in rows if label(r) == m), key=lambda r: r["n_ctx"])
             ys = [(r["kv_mib"] + r["compute_mib"]) if key is None else r[key] for r in pts]
             ax.plot([r["n_ctx"] for r in pts], ys, marker="o", label=m)
         ax.set_xlabel("n_ctx (tokens)")

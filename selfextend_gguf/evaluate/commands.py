@@ -20,6 +20,15 @@ from .methods import KINDS, expand_methods, parse_grid, resolve_all
 logger = logging.getLogger(__name__)
 
 
+#: the --flash-attn values, by whether the subcommand is bench (which can run both side by side)
+FLASH_ATTN_CHOICES = {False: ("on", "off"), True: ("on", "off", "both")}
+
+
+def _flash_attn(args: argparse.Namespace) -> List[bool]:
+    """The flash-attention settings that --flash-attn asks for, in the order they run."""
+    return {"off": [False], "on": [True], "both": [False, True]}[getattr(args, "flash_attn", "off")]
+
+
 def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval") -> None:
     p.add_argument("--model", help="GGUF model path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--methods", nargs="+", default=list(KINDS), metavar="METHOD",
@@ -30,6 +39,9 @@ def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--n-batch", type=int, default=512, help="batch and ubatch size (default: %(default)s)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU backend (default: 0)")
+    p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES[p.prog.split()[-1] == "bench"], default="off",
+                   help="llama.cpp's flash attention (exact mode uses it where it can; default: %(default)s)"
+                        + ("; both: every run once with it off and once on" if p.prog.split()[-1] == "bench" else ""))
     p.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
                    help="put the layers on these rpc-server processes (all methods); trusted networks only")
     p.add_argument("--out", default=out_default, help="folder for the JSON and PNG files (default: %(default)s)")
@@ -92,7 +104,8 @@ class _Run:
         self.out = Path(args.out)
         self.llama_kwargs: Dict[str, Any] = dict(
             n_batch=args.n_batch, n_ubatch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
-            n_gpu_layers=args.n_gpu_layers, flash_attn=False, rpc_servers=getattr(args, "rpc", None), verbose=False)
+            n_gpu_layers=args.n_gpu_layers, flash_attn=_flash_attn(args)[0], rpc_servers=getattr(args, "rpc", None),
+            verbose=False)
         self.model_name = self.info.name or Path(self.model).name
 
     def announce(self, n_ctxs: Sequence[int]) -> None:
@@ -158,7 +171,7 @@ class _Store:
 
     def has(self, *key: Any, fields: Sequence[str]) -> bool:
         """Whether some row has these values in ``fields``."""
-        return any(tuple(r[f] for f in fields) == key for r in self.rows)
+        return any(tuple(r.get(f, False if f == "flash_attn" else None) for f in fields) == key for r in self.rows)
 
     def add(self, rows: Sequence[Dict[str, Any]], *, summary: Sequence[Dict[str, Any]] = (), method: Any = None) -> None:
         """Add a finished unit's rows (and summary rows), then rewrite the report."""
@@ -207,7 +220,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     n_ctxs = [args.n_ctx] if args.n_ctx else run.lengths
     run.announce(n_ctxs)
     compat = dict(depths=sorted(args.depths), keys=args.keys, seed=args.seed, max_tokens=args.max_tokens,
-                  n_ctx=args.n_ctx, n_batch=args.n_batch)
+                  n_ctx=args.n_ctx, n_batch=args.n_batch, **({"flash_attn": "on"} if args.flash_attn == "on" else {}))
     store = run.store("passkey", compat, pe.summarize)
     vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
     try:
@@ -239,7 +252,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     finally:
         vocab.close()
     bucket = args.bucket or max(1, run.n_ctx_train // 8)
-    compat = dict(bucket=bucket, n_batch=args.n_batch,
+    compat = dict(bucket=bucket, n_batch=args.n_batch, **({"flash_attn": "on"} if args.flash_attn == "on" else {}),
                   text={"path": str(text_path), "tokens": len(tokens), "title": None if args.text else TEXT_TITLE})
     store = run.store("perplexity", compat, None)
     with run.progress(len(run.specs) * sum(run.lengths), "tok") as bar:
@@ -257,10 +270,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     run = _Run(args, lambda L: [L, 2 * L])
     run.announce(run.lengths)
-    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, flash_attn=False), bn.summarize)
-    with run.progress(len(run.specs) * len(run.lengths) * args.repeat, "run") as bar:
+    fa = _flash_attn(args)
+    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, flash_attn=args.flash_attn), bn.summarize)
+    with run.progress(len(run.specs) * len(run.lengths) * args.repeat * len(fa), "run") as bar:
         bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
-               llama_kwargs=run.llama_kwargs, repeat=args.repeat, progress=bar,
-               skip=lambda label, n_ctx, trial: store.has(label, n_ctx, trial, fields=("method", "n_ctx", "trial")),
+               llama_kwargs=run.llama_kwargs, repeat=args.repeat, flash_attn=fa, progress=bar,
+               skip=lambda label, n_ctx, trial, fa: store.has(label, n_ctx, trial, fa,
+                                                              fields=("method", "n_ctx", "trial", "flash_attn")),
                on_unit=lambda row, method: store.add([row], method=method))
     return store.finish(bn.table, lambda rows, summary: bn.plot(summary, run.out, run.model_name))
