@@ -1,24 +1,31 @@
 #!/usr/bin/env python3
 """How fast exact mode can be, from arithmetic alone: multiply-adds of stock vs exact attention.
 
-The exact-mode graph (patches/0005) computes with dense products of stock ggml ops, so it does
-more multiply-adds than the stock graph: per ubatch that has a query at position >= W it scores
-the gathered neighbour keys twice (once exactly, once inside the grouped product whose columns
-the exact scores then overwrite), scores the W keys stored exact (positions < W) once more against
-the grouped queries, and multiplies V by the probabilities of all gathered keys. Decoding scores
-the gathered keys (up to 2W) on top of the whole cache. This script counts those multiply-adds
-for the same workload as ``selfextend-gguf bench`` (a prompt that fills n_ctx less
-``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode`` single tokens), with the
-model's weight matrices added, and prints stock/exact: the throughput ratio exact mode would
-reach if it ran every multiply-add at the stock graph's rate and nothing else cost time. It
-leaves out the second RoPE of the gathered keys (sin/cos per key and frequency), the softmax
-over the longer rows, the copies and the mask, so measured ratios are lower.
+The exact-mode graph (patches/0005) stores a key at its exact position while it is within W of the
+newest position of its sequence, and re-rotates it once, in place, to j/G when it leaves that
+window. Its extra work over the stock graph, per ubatch that has a query at position >= W:
+
+- prompt ubatches (cells in position order, read in place): the whole cache against the grouped
+  queries (the stock product), the window of the ubatch (the W + n cells within W of one of its
+  queries, and the one key before them that all of them see grouped) once more against the exact
+  queries, and the keys that leave the window with this ubatch (at most n) against the grouped
+  queries; V is read in place and multiplied once, as in the stock graph;
+- decoding: the W neighbours against the exact query and the one key that leaves the window
+  against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
+  scattered into the row of the cache, so V is multiplied once.
+
+This script counts those multiply-adds for the same workload as ``selfextend-gguf bench`` (a
+prompt that fills n_ctx less ``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode``
+single tokens), with the model's weight matrices added, and prints stock/exact: the throughput
+ratio exact mode would reach if it ran every multiply-add at the stock graph's rate and nothing
+else cost time. It leaves out the second RoPE of the keys that leave the window (one per layer
+and token), the softmax, the copies and the mask, so measured ratios are lower.
 
     .venv/bin/python scripts/exact_cost_model.py --lengths 4096 16384 32768 --setting 4:1024 4:1024 8:1024
     .venv/bin/python scripts/exact_cost_model.py --model other.gguf --lengths 16384 --setting 4:512
 
-Sizes follow the graph: n_kv is the used cells padded to 256, gathers of a ubatch of several
-tokens are padded to 32, and a ubatch whose queries are all at positions < W takes the stock path.
+Sizes follow the graph: n_kv is the used cells padded to 256, and a ubatch whose queries are all
+at positions < W takes the stock path.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def _ubatches(n_prompt: int, n_ubatch: int) -> Iterator[Tuple[int, int]]:
 
 
 def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int, int]:
-    """(stock, exact, gathered keys re-rotated) multiply-adds of evaluating a prompt from position 0."""
+    """(stock, exact, keys re-rotated) multiply-adds of evaluating a prompt from position 0."""
     stock = exact = rotated = 0
     per_key = s.n_layer * s.n_head  # one score (or one row of V) per layer and head
     for p, n in _ubatches(n_prompt, n_ubatch):
@@ -80,24 +87,20 @@ def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, in
         base = n * s.weight_macs
         attn = n * per_key * n_kv * (s.head_dim_k + s.head_dim_v)
         stock += base + attn
-        i_min, i_max = p, p + n - 1
+        i_max = p + n - 1
         if w <= 0 or i_max < w:  # every query sees every key exactly: the stock path
             exact += base + attn
             continue
-        n_nb = i_max - max(0, i_min - w + 1) + 1  # the cells within W of some query of the ubatch
-        n_nb = _pad(n_nb, 32) if n > 1 else n_nb
-        n_grp = min(w, i_max - w + 1)
-        n_grp = _pad(n_grp, 32) if n > 1 and n_grp > 0 else n_grp
-        n_gather = n_nb + n_grp
-        qk = n * per_key * s.head_dim_k * (n_gather + n_kv + n_nb)  # grouped product over [gathered, cache], exact nb
-        pv = n * per_key * s.head_dim_v * (n_gather + n_kv)
-        exact += base + qk + pv
-        rotated += s.n_layer * s.n_head_kv * n_gather
+        first = max(0, p - w)                   # the oldest key still stored exact (within W of p - 1)
+        n_win = i_max - first + 1               # the window: read in place, scored against the exact queries
+        n_cr = max(0, i_max - w - first + 1)    # the keys that leave the window: rotated, scored grouped
+        exact += base + attn + n * per_key * s.head_dim_k * (n_win + n_cr)
+        rotated += s.n_layer * s.n_head_kv * n_cr
     return stock, exact, rotated
 
 
 def decode_macs(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int, int]:
-    """(stock, exact, gathered keys re-rotated) multiply-adds of decoding ``n_decode`` tokens after ``n_past``."""
+    """(stock, exact, keys re-rotated) multiply-adds of decoding ``n_decode`` tokens after ``n_past``."""
     stock = exact = rotated = 0
     per_key = s.n_layer * s.n_head
     for i in range(n_past, n_past + n_decode):
@@ -108,9 +111,9 @@ def decode_macs(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int,
         if w <= 0 or i < w:
             exact += base + attn
             continue
-        n_gather = min(i + 1, w) + max(0, min(w, i - w + 1))
-        exact += base + attn + per_key * s.head_dim_k * n_gather  # V: the probabilities are scattered, not gathered
-        rotated += s.n_layer * s.n_head_kv * n_gather
+        # the W neighbours and the key at i - W, which leaves the window now; V: scattered probabilities
+        exact += base + attn + per_key * s.head_dim_k * (w + 1)
+        rotated += s.n_layer * s.n_head_kv
     return stock, exact, rotated
 
 

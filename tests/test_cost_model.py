@@ -29,19 +29,21 @@ def test_shape_from_gguf(cm, tiny_llama_path):
 
 
 def _enumerated_extra(cm, s, n_prompt, n_ubatch, w):
-    """The exact graph's extra multiply-adds, from the gathered cell sets enumerated pair by pair."""
+    """The exact graph's extra multiply-adds, from the cell sets enumerated pair by pair: a key is
+    stored exact while it is within W of the newest position; the window of a ubatch is every key
+    that one of its queries sees as a neighbour, or sees grouped while it is still stored exact."""
     extra = 0
     for p in range(0, n_prompt, n_ubatch):
         queries = range(p, min(p + n_ubatch, n_prompt))
         if max(queries) < w:
             continue
+        stored_exact = {j for j in range(0, p) if (p - 1) - j < w} | set(queries)
         nb = {j for i in queries for j in range(0, i + 1) if i - j < w}
-        grp = {j for i in queries for j in range(0, min(w, i + 1)) if i - j >= w}
+        crossing = {j for i in queries for j in stored_exact if j <= i and i - j >= w}
+        window = nb | crossing
+        assert window == set(range(min(window), max(window) + 1))  # consecutive: read in place
         n = len(queries)
-        n_nb = cm._pad(len(nb), 32) if n > 1 else len(nb)
-        n_grp = cm._pad(len(grp), 32) if n > 1 and grp else len(grp)
-        gathered = n_nb + n_grp
-        extra += n * s.n_layer * s.n_head * (s.head_dim_k * (gathered + n_nb) + s.head_dim_v * gathered)
+        extra += n * s.n_layer * s.n_head * s.head_dim_k * (len(window) + len(crossing))
     return extra
 
 
@@ -54,15 +56,17 @@ def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
         assert (exact, rotated) == (stock, 0)
     else:
         assert exact > stock and rotated > 0
+        # every key is re-rotated once at most (when it leaves the window), per layer and KV head
+        assert rotated <= 2 * 2 * n_prompt
 
 
 def test_decode_count(cm):
     s = cm.Shape(n_layer=3, n_head=2, n_head_kv=1, head_dim_k=8, head_dim_v=8, weight_macs=500)
     w = 10
     stock, exact, rotated = cm.decode_macs(s, 25, 1, w)
-    # query 25: neighbours 16..25 (10 cells), cells 0..9 are stored exact and seen grouped (25 - j >= 10)
-    assert exact - stock == 3 * 2 * 8 * (10 + 10)
-    assert rotated == 3 * 1 * 20
+    # query 25: neighbours 16..25 (10 cells) exact, the key at 15 leaves the window (rotated once)
+    assert exact - stock == 3 * 2 * 8 * (10 + 1)
+    assert rotated == 3 * 1 * 1
     assert cm.decode_macs(s, 5, 3, w)[0] == cm.decode_macs(s, 5, 3, w)[1]  # positions 5..7 < W: stock
 
 
