@@ -20,7 +20,7 @@ from .methods import KINDS, expand_methods, parse_grid, resolve_all
 logger = logging.getLogger(__name__)
 
 
-#: the --flash-attn values, by whether the subcommand is bench (which can run both side by side)
+#: the --flash-attn values, by whether the subcommand can run both side by side (bench)
 FLASH_ATTN_CHOICES = {False: ("on", "off"), True: ("on", "off", "both")}
 
 
@@ -29,7 +29,7 @@ def _flash_attn(args: argparse.Namespace) -> List[bool]:
     return {"off": [False], "on": [True], "both": [False, True]}[getattr(args, "flash_attn", "off")]
 
 
-def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval") -> None:
+def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval", fa_both: bool = False) -> None:
     p.add_argument("--model", help="GGUF model path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--methods", nargs="+", default=list(KINDS), metavar="METHOD",
                    help="methods to compare: none linear yarn shift exact; shift/exact also as "
@@ -39,9 +39,9 @@ def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--n-batch", type=int, default=512, help="batch and ubatch size (default: %(default)s)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU backend (default: 0)")
-    p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES[p.prog.split()[-1] == "bench"], default="off",
+    p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES[fa_both], default="off",
                    help="llama.cpp's flash attention (exact mode uses it where it can; default: %(default)s)"
-                        + ("; both: every run once with it off and once on" if p.prog.split()[-1] == "bench" else ""))
+                        + ("; both: every run once with it off and once on" if fa_both else ""))
     p.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
                    help="put the layers on these rpc-server processes (all methods); trusted networks only")
     p.add_argument("--out", default=out_default, help="folder for the JSON and PNG files (default: %(default)s)")
@@ -76,7 +76,7 @@ def add_subcommands(sub: Any) -> None:
     pp.set_defaults(func=cmd_perplexity, _parser=pp)
 
     bn = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
-    _common(bn)
+    _common(bn, fa_both=True)
     bn.add_argument("--decode", type=int, default=32, help="tokens decoded one by one after the prompt "
                                                            "(default: %(default)s)")
     bn.add_argument("--repeat", type=int, default=1, help="runs of each (method, n_ctx), interleaved; the table "
