@@ -218,6 +218,24 @@ def test_default_text_is_long_english_prose(tmp_path, monkeypatch):
     vocab.close()
 
 
+def test_unknown_text_name_is_refused():
+    with pytest.raises(EvaluationError, match="botchan, alice"):
+        ts.text_path("moby")
+
+
+@pytest.mark.slow
+def test_alice_is_long_english_prose(tmp_path, monkeypatch):
+    """Downloads the brotli sdist (pip, 7 MB): Alice in Wonderland, >= 34k SmolLM2 tokens, LF line ends."""
+    from selfextend_gguf import default_model_path
+
+    monkeypatch.setenv("SELFEXTEND_GGUF_CACHE", str(tmp_path))
+    text = ts.text_path("alice").read_text()
+    assert "ALICE'S ADVENTURES IN WONDERLAND" in text[:500] and "Mock Turtle" in text and "\r" not in text
+    vocab = llama_cpp.Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
+    assert len(vocab.tokenize(text.encode())) >= 34_000
+    vocab.close()
+
+
 def test_buffer_sizes_takes_the_largest_reservation():
     """llama_set_self_extend makes the context reserve again at the next decode: the size is the
     largest reservation (summed over its backends), not the first one, and not all of them added."""

@@ -1,12 +1,18 @@
-"""The long natural text that ``perplexity`` uses by default, fetched from PyPI at benchmark time.
+"""Long public-domain prose for the evaluations, fetched from PyPI at evaluation time, never committed.
 
-*Botchan (Master Darling)* by Natsume Soseki, translated by Yasotaro Morri (1919), is in the public
-domain and ships as ``test/botchan.txt`` inside the source distribution of the ``sentencepiece``
-package (its tests train a tokenizer on it): about 50,700 words, some 65,000 tokens for SmolLM2.
-We download that sdist with pip (``pip download --no-deps --no-binary :all:``), extract the one
-file, strip the Project Gutenberg header and licence, and keep the result in
-``$SELFEXTEND_GGUF_CACHE/text`` (default ``~/.cache/selfextend-gguf/text``). Nothing of it is
-committed to this repository.
+Two texts ship inside source distributions on PyPI, as test data of packages that have nothing to
+do with language models:
+
+- ``botchan``: *Botchan (Master Darling)* by Natsume Soseki, translated by Yasotaro Morri (1919),
+  Project Gutenberg #8868, as ``test/botchan.txt`` in the ``sentencepiece`` sdist (its tests train
+  a tokenizer on it): about 50,700 words, some 65,000 tokens for SmolLM2. ``perplexity`` reads it.
+- ``alice``: *Alice's Adventures in Wonderland* by Lewis Carroll (1865), the Millennium Fulcrum
+  edition 2.9 of Project Gutenberg, as ``tests/testdata/alice29.txt`` (the Canterbury corpus) in the
+  ``brotli`` sdist: about 27,000 words, some 37,000 tokens for SmolLM2.
+
+Each is downloaded once with pip (``pip download --no-deps --no-binary :all:``), the one file is
+extracted, a Project Gutenberg header and licence are stripped, and the result is kept in
+``$SELFEXTEND_GGUF_CACHE/text`` (default ``~/.cache/selfextend-gguf/text``).
 """
 
 from __future__ import annotations
@@ -16,15 +22,44 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict
 
 from ..errors import EvaluationError
 
-TEXT_PACKAGE = "sentencepiece"
-TEXT_VERSION = "0.2.3"
-TEXT_MEMBER = "test/botchan.txt"
-TEXT_TITLE = "Botchan (Master Darling), Natsume Soseki, tr. Y. Morri (1919), Project Gutenberg #8868"
-TEXT_FILE = "botchan.txt"
+
+@dataclass(frozen=True)
+class PackagedText:
+    """A text file inside a PyPI source distribution."""
+
+    name: str
+    package: str
+    version: str
+    member: str
+    title: str
+
+    @property
+    def file(self) -> str:
+        """Its file name in the cache."""
+        return f"{self.name}.txt"
+
+
+#: the texts this project knows, by the name ``--text`` accepts
+TEXTS: Dict[str, PackagedText] = {t.name: t for t in (
+    PackagedText("botchan", "sentencepiece", "0.2.3", "test/botchan.txt",
+                 "Botchan (Master Darling), Natsume Soseki, tr. Y. Morri (1919), Project Gutenberg #8868"),
+    PackagedText("alice", "brotli", "1.2.1", "tests/testdata/alice29.txt",
+                 "Alice's Adventures in Wonderland, Lewis Carroll (1865), Project Gutenberg #11 "
+                 "(Millennium Fulcrum edition 2.9, Canterbury corpus)"),
+)}
+
+# the default text of ``perplexity``, under the names earlier versions exported
+TEXT_PACKAGE = TEXTS["botchan"].package
+TEXT_VERSION = TEXTS["botchan"].version
+TEXT_MEMBER = TEXTS["botchan"].member
+TEXT_TITLE = TEXTS["botchan"].title
+TEXT_FILE = TEXTS["botchan"].file
 
 
 def cache_dir() -> Path:
@@ -46,32 +81,41 @@ def strip_gutenberg(text: str) -> str:
     return "\n".join(body).strip() + "\n"
 
 
-def default_text_path() -> Path:
-    """Path of the default text, downloading and extracting it on first use.
+def text_path(name: str) -> Path:
+    """Path of the packaged text ``name`` (see :data:`TEXTS`), downloading and extracting it on first use.
 
     Raises :class:`EvaluationError` naming the fix (``--text PATH``) when pip cannot get it.
     """
-    target = cache_dir() / TEXT_FILE
+    if name not in TEXTS:
+        raise EvaluationError(f"unknown text {name!r}; use one of {', '.join(TEXTS)} or a file path")
+    text = TEXTS[name]
+    target = cache_dir() / text.file
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{TEXT_PACKAGE}=={TEXT_VERSION}"]
+               "--disable-pip-version-check", "-q", "-d", tmp, f"{text.package}=={text.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob(f"{TEXT_PACKAGE}-{TEXT_VERSION}.tar.gz"))
+        sdists = [p for p in Path(tmp).glob("*.tar.gz")
+                  if p.name.lower() == f"{text.package}-{text.version}.tar.gz".lower()]
         if not sdists:
             raise EvaluationError(
-                f"could not download the default perplexity text (the {TEXT_PACKAGE}=={TEXT_VERSION} source "
-                f"package, which carries {TEXT_MEMBER}): {' '.join(cmd)} said: "
+                f"could not download the text {name!r} (the {text.package}=={text.version} source package, "
+                f"which carries {text.member}): {' '.join(cmd)} said: "
                 f"{(proc.stderr or proc.stdout).strip()[-500:]}. Check that pip can reach the package index, "
                 "or pass a long plain-text file with --text PATH.")
         with tarfile.open(sdists[0]) as tar:
-            member = next((m for m in tar.getmembers() if m.name.endswith("/" + TEXT_MEMBER)), None)
+            member = next((m for m in tar.getmembers() if m.name.endswith("/" + text.member)), None)
             if member is None:
-                raise EvaluationError(f"{sdists[0].name} has no {TEXT_MEMBER}; pass --text PATH instead")
+                raise EvaluationError(f"{sdists[0].name} has no {text.member}; pass --text PATH instead")
             raw = tar.extractfile(member).read().decode("utf-8-sig")
         part = target.with_suffix(".part")
-        part.write_text(strip_gutenberg(raw), encoding="utf-8")
+        part.write_text(strip_gutenberg(raw.replace("\r\n", "\n")), encoding="utf-8")
         part.replace(target)
     return target
+
+
+def default_text_path() -> Path:
+    """Path of the default text of ``perplexity`` (Botchan), downloading it on first use."""
+    return text_path("botchan")
