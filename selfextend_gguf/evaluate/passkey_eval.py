@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import EvaluationError
 from ..passkey import PasskeyPrompt, found, prompt_for_tokens, random_key
+from .decoding import greedy
 from .methods import Method, MethodSpec, resolve_all
 from .report import markdown_table, pyplot, safe_name
 
@@ -64,24 +65,9 @@ def make_cases(tokenize: Callable[[str], List[int]], lengths: Sequence[int], dep
 
 
 def answer(llm: Any, text: str, max_tokens: int) -> str:
-    """Greedy continuation of ``text``: at most ``max_tokens`` tokens, stopping at end-of-text.
-
-    Token-level on purpose: ``create_completion`` keeps generating while the text so far ends in
-    an incomplete UTF-8 character, which can overrun ``n_ctx`` on a prompt that fills it.
-    """
-    from .. import load_llama_cpp
-
-    is_eog = load_llama_cpp().llama_vocab_is_eog
+    """Greedy continuation of ``text``: at most ``max_tokens`` tokens, stopping at end-of-text."""
     tokens = llm.tokenize(text.encode("utf-8"), add_bos=True)
-    out: List[int] = []
-    if max_tokens > 0:
-        for token in llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-            if is_eog(llm._model.vocab, token):  # as Llama.create_completion checks it
-                break
-            out.append(token)
-            if len(out) >= max_tokens:
-                break
-    return llm.detokenize(out, prev_tokens=tokens).decode("utf-8", errors="replace")
+    return llm.detokenize(greedy(llm, tokens, max_tokens), prev_tokens=tokens).decode("utf-8", errors="replace")
 
 
 def run_method(llm: Any, method: Method, cases: Sequence[PasskeyCase], *, max_tokens: int,
