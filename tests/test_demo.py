@@ -1,0 +1,28 @@
+"""``selfextend-gguf demo`` (what ``scripts/bootstrap.py demo`` runs), on a tiny model."""
+
+from __future__ import annotations
+
+from selfextend_gguf.cli import main
+from tiny_models import write_tiny_model
+
+
+def _rows(out: str):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")]
+
+
+def test_demo_shows_stock_shift_and_exact_on_one_prompt(tmp_path, capsys):
+    model = str(write_tiny_model(tmp_path / "llama128.gguf", arch="llama", context_length=128, seed=7))
+    assert main(["demo", "--model", model, "--tokens", "400", "--threads", "1", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert [r[0] for r in rows] == ["stock llama.cpp", "self-extend, shift mode", "self-extend, exact mode"]
+    assert all(r[1].startswith("G=") for r in rows[1:])
+    assert all(r[3] in ("yes", "no") and float(r[4]) > 0 for r in rows)
+    assert "prompt: " in out and "x the trained length" in out
+
+
+def test_demo_with_one_mode(tmp_path, capsys):
+    model = str(write_tiny_model(tmp_path / "llama128.gguf", arch="llama", context_length=128, seed=7))
+    assert main(["demo", "--model", model, "--tokens", "400", "--threads", "1", "--mode", "exact"]) == 0
+    assert [r[0] for r in _rows(capsys.readouterr().out)] == ["stock llama.cpp", "self-extend, exact mode"]
