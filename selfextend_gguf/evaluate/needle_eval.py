@@ -178,6 +178,13 @@ def plot(summary: Sequence[Dict[str, Any]], n_ctx_train: int, out_dir: Path, mod
     return paths
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _plot_by_length(plt: Any, totals: Sequence[Dict[str, Any]], labels: Sequence[str], n_ctx_train: int,
                     out_dir: Path, model_name: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -194,11 +201,7 @@ def _plot_by_length(plt: Any, totals: Sequence[Dict[str, Any]], labels: Sequence
     ax.set_ylabel("needles found (95% Wilson interval)")
     ax.set_title(f"needle retrieval by context length\n{model_name}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "needle_accuracy.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / "needle_accuracy.png")
 
 
 def _plot_by_depth(plt: Any, summary: Sequence[Dict[str, Any]], labels: Sequence[str], lengths: Sequence[int],
@@ -218,11 +221,7 @@ def _plot_by_depth(plt: Any, summary: Sequence[Dict[str, Any]], labels: Sequence
     axes[0][0].set_ylabel("needles found")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"needle retrieval by depth\n{model_name}", fontsize=9)
-    fig.tight_layout()
-    path = out_dir / "needle_depth.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / "needle_depth.png")
 
 
 def _plot_heatmap(plt: Any, totals: Sequence[Dict[str, Any]], labels: Sequence[str], lengths: Sequence[int],
@@ -243,9 +242,5 @@ def _plot_heatmap(plt: Any, totals: Sequence[Dict[str, Any]], labels: Sequence[s
                         ha="center", va="center", fontsize=7)
     ax.set_title(f"needles found, 95% intervals\n{model_name}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = out_dir / "needle_heatmap.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / "needle_heatmap.png")
 
