@@ -187,17 +187,18 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 def _plot_by_length(plt: Any, totals: Sequence[Dict[str, Any]], labels: Sequence[str], n_ctx_train: int,
                     out_dir: Path, model_name: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    lengths = sorted({s["length"] for s in totals})
+    fig, ax = plt.subplots(figsize=(2.5 + 1.5 * len(lengths), 4), dpi=110)
     for i, label in enumerate(labels):
         pts = sorted((s for s in totals if s["method"] == label), key=lambda s: s["length"])
-        x = [s["length"] * (1 + 0.012 * (i - len(labels) / 2)) for s in pts]  # dodge the error bars
+        x = [lengths.index(s["length"]) + 0.07 * (i - (len(labels) - 1) / 2) for s in pts]  # side by side
         y = [s["accuracy"] for s in pts]
         err = [[a - s["ci_low"] for a, s in zip(y, pts)], [s["ci_high"] - a for a, s in zip(y, pts)]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
-    ax.axvline(n_ctx_train, color="grey", linestyle="--", linewidth=1)
-    ax.text(n_ctx_train, 1.02, " trained length", fontsize=8, color="grey")
-    ax.set_ylim(-0.03, 1.08)
-    ax.set_xlabel("context length (tokens)")
+    ax.set_xticks(range(len(lengths)))
+    ax.set_xticklabels([f"{n} tokens\n{n / n_ctx_train:.1f}x trained" for n in lengths], fontsize=8)
+    ax.set_xlim(-0.5, len(lengths) - 0.5)
+    ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel("needles found (95% Wilson interval)")
     ax.set_title(f"needle retrieval by context length\n{model_name}", fontsize=9)
     ax.legend(fontsize=8)
