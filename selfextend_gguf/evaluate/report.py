@@ -110,9 +110,15 @@ def envelope(command: str, *, command_text: str, model: str, threads: Optional[i
 
 
 def write_json(report: Dict[str, Any], path: Path) -> Path:
-    """Write ``report`` to ``path`` (indented, UTF-8); return the path."""
+    """Write ``report`` to ``path`` (indented, UTF-8); return the path.
+
+    Written to a temporary file first and renamed over ``path``, so that a run killed while
+    writing leaves the previous report whole for ``--resume``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(part, path)
     return path
 
 
