@@ -154,17 +154,35 @@ def test_questions_reusing_the_context_equal_questions_from_scratch(tiny128, mod
         seen.append(np.array(model.scores[len(tokens) - 1], dtype=np.float64))
         return out
 
+    evaluated = []
+    real_eval = llm.eval
+
+    def counting_eval(tokens):
+        evaluated.append(len(tokens))
+        return real_eval(tokens)
+
     monkeypatch.setattr(ne, "greedy", recording_greedy)
+    monkeypatch.setattr(llm, "eval", counting_eval)
     reused = ne.ask(llm, haystack, max_tokens=6, reuse=True)
-    reused_logits, seen[:] = list(seen), []
+    # the context once; then each question evaluates its own tokens (and, in shift mode, at most the
+    # newest block again) and its answer one token at a time, never the context
+    assert evaluated[0] == len(haystack.tokens)
+    assert max(evaluated[1:]) <= 32 + 20 and sum(evaluated) < 2 * len(haystack.tokens)
+    reused_logits, seen[:], evaluated[:] = list(seen), [], []
     scratch = ne.ask(llm, haystack, max_tokens=6, reuse=False)
     llm.close()
     assert [r["answer"] for r in reused] == [r["answer"] for r in scratch]
     for a, b in zip(reused_logits, seen):
         assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b))
     assert len(reused) == 6 and reused[0]["context_seconds"] is not None and scratch[0]["context_seconds"] is None
-    # and the questions do see different contexts' worth of answers: not all the same logits
-    assert np.max(np.abs(reused_logits[0] - reused_logits[1])) > 1e-3
+    prompts = [n for n in evaluated if n > 1]  # from scratch: every question evaluates its whole prompt
+    assert len(prompts) == 6 and min(prompts) > len(haystack.tokens)
+
+
+def test_found_counts_the_first_number_only():
+    assert ne.found(" 4830172.", "4830172")
+    assert not ne.found(" 1234567. The special magic number for the x is 4830172", "4830172")
+    assert not ne.found(" 48301720", "4830172") and not ne.found(" the number", "4830172")
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -203,6 +221,27 @@ def test_needle_miniature_and_resume(tiny128, tmp_path, capsys):
     # the answers the report holds are the model's: each row's answer decides its `found`
     for r in report["rows"]:
         assert r["found"] == (r["value"] in "".join(c if c.isdigit() else " " for c in r["answer"]).split())
+
+
+def test_stock_methods_share_one_evaluation_and_resume_adds_one(tmp_path, capsys):
+    """At n_ctx <= L the stock, YaRN and automatic exact methods are one model: evaluated once by
+    the stock library, recorded for each. Resuming with one more such method adds its rows only."""
+    model = str(write_tiny_model(tmp_path / "llama512.gguf", arch="llama", context_length=512, seed=7))
+    out_dir = tmp_path / "nd"
+    args = ["needle", "--model", model, "--lengths", "512", "--needles", "3", "--text", _prose_file(tmp_path),
+            "--max-tokens", "4", "--out", str(out_dir), *COMMON]
+    assert main([*args, "--methods", "yarn", "exact", "none"]) == 0
+    rows = json.loads((out_dir / "needle.json").read_text())["rows"]
+    assert len(rows) == 9 and {r["evaluated_as"] for r in rows} == {"none"}
+    by_method = {m: [r["answer"] for r in rows if r["method"] == m] for m in ("none", "yarn", "exact")}
+    assert by_method["yarn"] == by_method["none"] == by_method["exact"]
+    assert main([*args, "--methods", "yarn", "exact", "none", "linear", "--resume"]) == 0
+    rows = json.loads((out_dir / "needle.json").read_text())["rows"]
+    assert sorted(r["method"] for r in rows) == sorted(["none", "yarn", "exact", "linear"] * 3)
+    capsys.readouterr()
+    # and a report measured with flash attention off is not continued with it on
+    assert main([*args, "--methods", "none", "--resume", "--flash-attn", "on"]) != 0
+    assert "flash_attn" in capsys.readouterr().err
 
 
 def test_needle_rejects_a_missing_text(tiny128, tmp_path, capsys):

@@ -149,6 +149,10 @@ class _Run:
         return _Store(self, command, compat, summarize)
 
 
+#: the value of an option that a report written before the option existed was measured with
+_COMPAT_DEFAULTS = {"flash_attn": "off"}
+
+
 class _Store:
     """A command's report, rewritten after every finished unit of work.
 
@@ -176,7 +180,9 @@ class _Store:
             if (old["model"]["path"], old["model"]["size_bytes"]) != (run.model, os.path.getsize(run.model)):
                 raise EvaluationError(f"{self.path} measured another model ({old['model']['path']}); "
                                       "use another --out or the same --model")
-            differ = {k: (old["settings"].get(k), v) for k, v in compat.items() if old["settings"].get(k) != v}
+            # reports written before an option existed were measured with its default
+            was = {k: old["settings"].get(k, _COMPAT_DEFAULTS.get(k)) for k in compat}
+            differ = {k: (was[k], v) for k, v in compat.items() if was[k] != v}
             if differ:
                 what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
                 raise EvaluationError(f"cannot resume {self.path}: it was measured with other settings ({what}). "
@@ -237,7 +243,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     n_ctxs = [args.n_ctx] if args.n_ctx else run.lengths
     run.announce(n_ctxs)
     compat = dict(depths=sorted(args.depths), keys=args.keys, seed=args.seed, max_tokens=args.max_tokens,
-                  n_ctx=args.n_ctx, n_batch=args.n_batch, **({"flash_attn": "on"} if args.flash_attn == "on" else {}))
+                  n_ctx=args.n_ctx, n_batch=args.n_batch, flash_attn=args.flash_attn)
     store = run.store("passkey", compat, pe.summarize)
     vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
     try:
@@ -263,9 +269,9 @@ def cmd_needle(args: argparse.Namespace) -> int:
     run.announce(run.lengths)
     if args.contexts < 1:
         raise EvaluationError("--contexts must be at least 1")
-    texts = [(name, _text_path(name)) for name in args.text]
-    compat = dict(needles=args.needles, text=[name for name, _ in texts], seed=args.seed, max_tokens=args.max_tokens,
-                  n_batch=args.n_batch, **({"flash_attn": "on"} if args.flash_attn == "on" else {}))
+    texts = [(name, _text_path(name)) for name in args.text[:args.contexts]]  # fetch only the texts used
+    compat = dict(needles=args.needles, text=list(args.text), seed=args.seed, max_tokens=args.max_tokens,
+                  n_batch=args.n_batch, flash_attn=args.flash_attn)
     store = run.store("needle", compat, ne.summarize)
     vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
     try:
@@ -318,7 +324,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     finally:
         vocab.close()
     bucket = args.bucket or max(1, run.n_ctx_train // 8)
-    compat = dict(bucket=bucket, n_batch=args.n_batch, **({"flash_attn": "on"} if args.flash_attn == "on" else {}),
+    compat = dict(bucket=bucket, n_batch=args.n_batch, flash_attn=args.flash_attn,
                   text={"path": str(text_path), "tokens": len(tokens), "title": None if args.text else TEXT_TITLE})
     store = run.store("perplexity", compat, None)
     with run.progress(len(run.specs) * sum(run.lengths), "tok") as bar:

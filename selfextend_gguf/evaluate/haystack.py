@@ -121,6 +121,10 @@ def build(prose: Sequence[List[int]], tokenize: Tokenize, *, n_tokens: int, need
             break
         taken.append(sentence)
         used += len(sentence)
+    if budget - used > max(64, budget // 10):  # a "sentence" too long to fit: the text has few . ! or ?
+        raise EvaluationError(f"the text {text!r} could fill only {used} of the {budget} tokens of prose a "
+                              f"{n_tokens}-token context needs before a sentence too long to fit; use a text "
+                              "with sentences that end in . ! or ?")
     tokens, placed = list(head), []
     order = list(range(needles))
     rng.shuffle(order)  # which label sits at which depth
