@@ -96,6 +96,25 @@ def test_haystack_refuses_a_text_too_short_and_too_many_needles():
         hs.build(prose, _bytes_tokenize, n_tokens=400, needles=4, max_tokens=8, rng=random.Random(0), bos=[])
 
 
+def test_sentencepiece_pieces_get_no_extra_spaces(tmp_path):
+    """A SentencePiece vocabulary puts a space before every text it tokenizes: a context built from
+    pieces reads as the text itself, with no doubled space and no space before a paragraph break."""
+    import llama_cpp
+
+    model = write_tiny_model(tmp_path / "spm.gguf", arch="llama", context_length=128, tokenizer="spm", seed=1)
+    vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    raw = lambda s: vocab.tokenize(s.encode(), add_bos=False, special=False)  # noqa: E731
+    assert len(raw(" a")) > len(raw("a"))  # the premise: a doubled space without the fix
+    tokenize = hs.continuation_tokenizer(raw)
+    h = hs.build(hs.tokenize_sentences(PROSE, tokenize), tokenize, n_tokens=3000, needles=4, max_tokens=8,
+                 rng=random.Random(1), bos=[])
+    text = vocab.detokenize(h.tokens).decode()
+    vocab.close()
+    assert "  " not in text.lstrip() and " \n" not in text
+    assert "mill! Nobody came?\n\nA second paragraph, wrapped over lines." in text
+    assert hs.continuation_tokenizer(_bytes_tokenize) is _bytes_tokenize  # byte-level: left alone
+
+
 def test_summary_and_depth_bins():
     rows = [{"method": "m", "length": 8, "setting": "-", "depth": d, "found": f}
             for d, f in [(0.05, True), (0.1, False), (0.5, True), (0.99, True)]]

@@ -275,8 +275,7 @@ def cmd_needle(args: argparse.Namespace) -> int:
     store = run.store("needle", compat, ne.summarize)
     vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
     try:
-        def tokenize(s: str) -> List[int]:
-            return vocab.tokenize(s.encode("utf-8"), add_bos=False, special=False)
+        tokenize = hs.continuation_tokenizer(lambda s: vocab.tokenize(s.encode("utf-8"), add_bos=False, special=False))
 
         bos = vocab.tokenize(b"", add_bos=True)
         prose = [hs.tokenize_sentences(path.read_text(encoding="utf-8", errors="replace"), tokenize)

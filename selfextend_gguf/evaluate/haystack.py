@@ -77,6 +77,28 @@ def sentences(text: str) -> List[str]:
     return out
 
 
+def continuation_tokenizer(tokenize: Tokenize) -> Tokenize:
+    """``tokenize`` for pieces of text that continue other text.
+
+    A SentencePiece vocabulary (Llama 2, Mistral) puts a space before every text it tokenizes, as
+    at the start of a document; a piece inside the context has no such space, so it is taken off
+    again: a piece that starts with its own space gives that one up, any other drops the lone space
+    token. Byte-level BPE vocabularies (SmolLM2, Llama 3, Qwen) add nothing and are left alone.
+    """
+    probe = tokenize("\n")
+    if len(probe) < 2:
+        return tokenize
+    space = probe[0]
+
+    def tokenize_piece(text: str) -> List[int]:
+        if text.startswith(" "):
+            return tokenize(text[1:])
+        ids = tokenize(text)
+        return ids[1:] if ids and ids[0] == space else ids
+
+    return tokenize_piece
+
+
 def tokenize_sentences(text: str, tokenize: Tokenize) -> List[List[int]]:
     """:func:`sentences`, each tokenized on its own (no BOS); done once per text."""
     return [tokenize(s) for s in sentences(text)]
