@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The needle evaluation of docs/evaluation.md: SmolLM2-135M at 1x to 4x its trained length
+# (8k-32k tokens), 40 needles per context, all five methods, then exact mode's G x W grid at 3x
+# and 4x (needles and perplexity), into docs/results/needle (or $1).
+#
+# Each command is one unit that fits well under an hour on 2 CPU cores (a 32k-token prompt takes
+# 35-40 minutes there), and runs with --resume: cut it off at any point and run it again, and it
+# skips what the report already holds. Pick a part with $PART:
+#
+#   bash scripts/needle_results.sh                 # everything (about 30 hours on 2 cores)
+#   PART=lengths bash scripts/needle_results.sh    # the five methods at 8k-32k (about 6 hours)
+#   PART=grid bash scripts/needle_results.sh       # the G x W grid at 24k and 32k
+#   THREADS=8 bash scripts/needle_results.sh       # more threads where there are more cores
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tool=(${SELFEXTEND_GGUF_CLI:-.venv/bin/selfextend-gguf})
+out="${1:-docs/results/needle}"
+run=(--threads "${THREADS:-2}" --no-progress --resume)
+needle=(needle --needles 40 --contexts 1 "${run[@]}")
+part="${PART:-all}"
+
+if [ "$part" = all ] || [ "$part" = lengths ]; then
+    # at 8k (n_ctx = L) every method is the stock model: evaluated once, recorded for all five
+    "${tool[@]}" "${needle[@]}" --lengths 8192 --methods exact shift none yarn linear --out "$out"
+    for length in 16384 24576 32768; do
+        for method in exact shift none yarn linear; do  # the paper's method first
+            "${tool[@]}" "${needle[@]}" --lengths "$length" --methods "$method" --out "$out"
+        done
+    done
+fi
+
+if [ "$part" = all ] || [ "$part" = grid ]; then
+    # (L - W) * G + W must reach n_ctx: G >= 4 at 24k and G >= 5 at 32k for every W here
+    for w in 1024 512 2048; do
+        for length in 24576 32768; do
+            for g in 4 5 6 7 8; do
+                if [ "$length" = 32768 ] && [ "$g" = 4 ]; then continue; fi
+                "${tool[@]}" "${needle[@]}" --lengths "$length" --methods "exact@G${g}W${w}" --out "$out/grid"
+                "${tool[@]}" perplexity --lengths "$length" --bucket 1024 --methods "exact@G${g}W${w}" "${run[@]}" \
+                    --out "$out/grid"
+            done
+        done
+    done
+fi
