@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's Results, SmolLM2-135M from 1x to 4x its trained length (8k-32k tokens), into
+# The earlier results of docs/evaluation.md (passkey, perplexity, cost), SmolLM2-135M from 1x to 4x its trained length (8k-32k tokens), into
 # docs/results (or $1). About 7 hours on 2 CPU cores, most of it prompts of 24k-32k tokens.
 # Every command runs with --resume: cut it off at any point and run it again, and it skips what
 # the reports already hold. Passkey at 8k and 16k is one report (depths 0, 0.5 and 1); at 12k, 24k
