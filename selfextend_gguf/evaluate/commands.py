@@ -276,14 +276,18 @@ def cmd_needle(args: argparse.Namespace) -> int:
     vocab = load_llama_cpp().Llama(model_path=run.model, vocab_only=True, verbose=False)
     try:
         tokenize = hs.continuation_tokenizer(lambda s: vocab.tokenize(s.encode("utf-8"), add_bos=False, special=False))
-
         bos = vocab.tokenize(b"", add_bos=True)
         prose = [hs.tokenize_sentences(path.read_text(encoding="utf-8", errors="replace"), tokenize)
                  for _, path in texts]
-        haystacks = {n: [hs.build(prose[c % len(texts)], tokenize, n_tokens=n, needles=args.needles,
-                                  max_tokens=args.max_tokens, bos=bos, text=texts[c % len(texts)][0], index=c,
-                                  rng=random.Random(f"{args.seed}/{texts[c % len(texts)][0]}/{n}/{c}"))
-                         for c in range(args.contexts)] for n in run.lengths}
+
+        def context(n: int, c: int) -> "hs.Haystack":
+            """Context ``c`` of length ``n``: the texts in turn, the same tokens for every method."""
+            k = c % len(texts)
+            name = texts[k][0]
+            return hs.build(prose[k], tokenize, n_tokens=n, needles=args.needles, max_tokens=args.max_tokens,
+                            bos=bos, text=name, index=c, rng=random.Random(f"{args.seed}/{name}/{n}/{c}"))
+
+        haystacks = {n: [context(n, c) for c in range(args.contexts)] for n in run.lengths}
     finally:
         vocab.close()
     total = len(run.specs) * len(run.lengths) * args.contexts * args.needles

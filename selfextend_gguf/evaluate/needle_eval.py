@@ -108,7 +108,8 @@ def run(model: str, specs: Sequence[MethodSpec], haystacks: Dict[int, List[Hayst
         for members in groups.values():
             todo = [h for h in haystacks[length] if not all(skip(m.label, length, h.index) for m in members)]
             if progress is not None:
-                progress.update(len(members) * sum(len(h.questions) for h in haystacks[length] if h not in todo))
+                done = sum(len(h.questions) for h in haystacks[length]) - sum(len(h.questions) for h in todo)
+                progress.update(len(members) * done)
             if not todo:
                 continue
             llm = members[0].build(model, **llama_kwargs)
