@@ -70,7 +70,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("| method | setting | answer | found | seconds |\n|---|---|---|---|---|")
     for name, setting, ans, ok, s in rows:
-        print(f"| {name} | {setting} | {ans.strip()!r} | {'yes' if ok else 'no'} | {s:.1f} |")
+        answer = repr(ans.strip()).replace("|", "\\|")  # a '|' in the answer would split its cell
+        print(f"| {name} | {setting} | {answer} | {'yes' if ok else 'no'} | {s:.1f} |")
     print("\nexact mode is the paper's method; shift mode approximates it with llama.cpp's KV shift "
           "(see README, 'The two modes').")
     return 0

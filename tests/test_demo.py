@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from selfextend_gguf.cli import main
 from tiny_models import write_tiny_model
 
 
 def _rows(out: str):
-    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))] for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| method")]
 
 
@@ -18,7 +20,7 @@ def test_demo_shows_stock_shift_and_exact_on_one_prompt(tmp_path, capsys):
     rows = _rows(out)
     assert [r[0] for r in rows] == ["stock llama.cpp", "self-extend, shift mode", "self-extend, exact mode"]
     assert all(r[1].startswith("G=") for r in rows[1:])
-    assert all(r[3] in ("yes", "no") and float(r[4]) > 0 for r in rows)
+    assert all(r[3] in ("yes", "no") and float(r[4]) >= 0 for r in rows)  # a tiny model can take under 0.05 s
     assert "prompt: " in out and "x the trained length" in out
 
 
