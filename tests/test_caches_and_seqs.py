@@ -124,10 +124,16 @@ def _decode(ctx, items, n_vocab):
         lc.llama_batch_free(batch)
 
 
-def test_exact_seq_cp_then_diverge(tmp_path):
+@pytest.mark.parametrize("flash", [False, True])
+def test_exact_seq_cp_then_diverge(tmp_path, flash):
     """A shared prompt copied to sequence 1 with llama_memory_seq_cp, then different continuations
     decoded in the same batches: each sequence's logits equal its own single-sequence run and the
-    oracle (the cells are shared by both sequences; the gather and mask follow each query's own)."""
+    oracle (the cells are shared by both sequences; the gather and mask follow each query's own).
+
+    With flash attention (an F16 cache, which it needs to be fast) the continuations are decoded
+    one token per batch, alternating sequences, so that every step takes the flash-attention
+    decode with the shared cells; the bound is then the F16 cache's rounding (about 2e-3 on these
+    models, see test_low_precision_cache), where a key at a wrong position is off by O(1)."""
     import ctypes
 
     path = write_tiny_model(tmp_path / "llama.gguf", arch="llama", seed=1)
@@ -140,8 +146,8 @@ def test_exact_seq_cp_then_diverge(tmp_path):
     try:
         p = lc.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max, p.kv_unified = 512, 256, 256, 2, True
-        p.type_k = p.type_v = F32
-        p.flash_attn_type = 0
+        p.type_k = p.type_v = F16 if flash else F32
+        p.flash_attn_type = 1 if flash else 0
         p.n_threads = p.n_threads_batch = 1
         ctx = lc.llama_init_from_model(model_ptr, p)
         assert ctx and fset(ctx, 1, G, W) == 0
@@ -149,11 +155,16 @@ def test_exact_seq_cp_then_diverge(tmp_path):
         lc.llama_memory_seq_cp(lc.llama_get_memory(ctx), 0, 1, -1, -1)
         got = [[], []]
         n0 = len(prompt)
-        for k in range(0, 40, 8):  # both sequences in each batch, 8 tokens each
-            items = [(tails[s][k + j], n0 + k + j, s) for s in (0, 1) for j in range(8)]
-            out = _decode(ctx, items, n_vocab)
-            got[0] += out[:8]
-            got[1] += out[8:]
+        if flash:
+            for k in range(40):
+                for s in (0, 1):
+                    got[s] += _decode(ctx, [(tails[s][k], n0 + k, s)], n_vocab)
+        else:
+            for k in range(0, 40, 8):  # both sequences in each batch, 8 tokens each
+                items = [(tails[s][k + j], n0 + k + j, s) for s in (0, 1) for j in range(8)]
+                out = _decode(ctx, items, n_vocab)
+                got[0] += out[:8]
+                got[1] += out[8:]
         lc.llama_free(ctx)
     finally:
         lc.llama_model_free(model_ptr)
@@ -162,5 +173,5 @@ def test_exact_seq_cp_then_diverge(tmp_path):
         seq = prompt + tails[s]
         ref = no.forward(path, seq, *no.positions_exact(len(seq), G, W))[n0:]
         err = no.rel_max_err(np.array(got[s]), ref)
-        print(f"\n[seqs] seq_cp, sequence {s}: vs oracle {err:.1e}")
-        assert err <= 1e-4
+        print(f"\n[seqs] seq_cp, sequence {s}, flash attention {flash}: vs oracle {err:.1e}")
+        assert err <= (1e-2 if flash else 1e-4)
