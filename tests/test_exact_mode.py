@@ -12,9 +12,11 @@ import pytest
 import numpy_oracle as no
 from selfextend_gguf import LongLlama, max_context
 from selfextend_gguf import _api
+from selfextend_gguf.errors import ContextLengthError
 
 TOL = 1e-4
 F32 = 0
+F16 = 1
 
 
 def _tokens(n: int, seed: int) -> list:
@@ -134,3 +136,36 @@ def test_failed_decode_keeps_the_cache_consistent(tiny_llama_path):
     finally:
         fresh.close()
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_flash_attention_decodes_up_to_n_ctx(tiny_llama_path):
+    """With flash_attn=True, LongLlama gives llama.cpp room past n_ctx for exact mode's
+    flash-attention decoding (the rotated neighbours go into free cells,
+    ``SelfExtendParams.decode_scratch_cells``), while ``n_ctx()`` and every length check stay at
+    the n_ctx asked for. Token by token up to n_ctx, the logits follow the oracle as closely as
+    the stock library's flash attention with the same F16 cache follows the stock model."""
+    import llama_cpp
+
+    G, W, n_ctx = 4, 16, 200
+    toks = _tokens(n_ctx, seed=5)
+    kw = dict(n_ctx=n_ctx, n_batch=64, n_ubatch=64, logits_all=True, type_k=F16, type_v=F16, flash_attn=True,
+              n_threads=1, n_threads_batch=1, verbose=False)
+    llm = LongLlama(str(tiny_llama_path), group_size=G, window=W, mode="exact", **kw)
+    stock = llama_cpp.Llama(str(tiny_llama_path), **kw)
+    try:
+        assert llm.n_ctx() == n_ctx
+        assert llama_cpp.llama_n_ctx(llm.ctx) >= n_ctx + llm.self_extend.decode_scratch_cells
+        for llama in (llm, stock):
+            llama.eval(toks[:100])
+            for t in toks[100:]:
+                llama.eval([t])
+        model = no.load_model(tiny_llama_path)
+        exact_err = no.rel_max_err(np.array(llm.scores[100:n_ctx]),
+                                   no.forward(model, toks, *no.positions_exact(n_ctx, G, W))[100:])
+        stock_err = no.rel_max_err(np.array(stock.scores[100:n_ctx]), no.forward(model, toks)[100:])
+        assert exact_err <= 3 * stock_err + 1e-3, (exact_err, stock_err)
+        with pytest.raises(ContextLengthError):
+            llm.create_completion(toks[:n_ctx], max_tokens=1)
+    finally:
+        llm.close()
+        stock.close()
