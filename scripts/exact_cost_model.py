@@ -12,7 +12,11 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
   queries; V is read in place and multiplied once, as in the stock graph;
 - decoding: the W neighbours against the exact query and the one key that leaves the window
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
-  scattered into the row of the cache, so V is multiplied once.
+  scattered into the row of the cache, so V is multiplied once;
+- decoding with flash attention (patches/0007): the W neighbours and the key that leaves the window
+  are rotated into free cells past n_kv (padded to 256), and one flash attention reads the cache
+  and those cells, K and V: ``n_kv + pad(W + 1)`` cells instead of ``n_kv``. LongLlama sizes the
+  cache ``pad(W + 1)`` cells larger for it, the last column.
 
 This script counts those multiply-adds for the same workload as ``selfextend-gguf bench`` (a
 prompt that fills n_ctx less ``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode``
@@ -117,14 +121,30 @@ def decode_macs(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int,
     return stock, exact, rotated
 
 
+def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int]:
+    """(stock, exact) multiply-adds of decoding with flash attention: one pass over n_kv + the copies."""
+    stock = exact = 0
+    per_key = s.n_layer * s.n_head
+    for i in range(n_past, n_past + n_decode):
+        n_kv = _pad(i + 1, 256)
+        stock += s.weight_macs + per_key * n_kv * (s.head_dim_k + s.head_dim_v)
+        n_scr = _pad(w + 1, 256) if w > 0 and i >= w else 0
+        exact += s.weight_macs + per_key * (n_kv + n_scr) * (s.head_dim_k + s.head_dim_v)
+    return stock, exact
+
+
 def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int, decode: int) -> str:
-    rows: List[str] = ["| n_ctx | G | W | prompt bound | decode bound | keys re-rotated per prompt token | per decoded token |",
-                       "|---|---|---|---|---|---|---|"]
+    rows: List[str] = ["| n_ctx | G | W | prompt bound | decode bound | decode bound, FA | keys re-rotated per prompt token "
+                       "| per decoded token | KV cells with FA room |",
+                       "|---|---|---|---|---|---|---|---|---|"]
     for n_ctx, (g, w) in zip(lengths, settings):
         n_prompt = n_ctx - decode - 8
         ps, pe, pr = prompt_macs(s, n_prompt, n_ubatch, w)
         ds, de, dr = decode_macs(s, n_prompt, decode, w)
-        rows.append(f"| {n_ctx} | {g} | {w} | {ps / pe:.2f}x | {ds / de:.2f}x | {pr / n_prompt:.0f} | {dr / decode:.0f} |")
+        fs, fe = decode_macs_fa(s, n_prompt, decode, w)
+        room = (n_ctx + _pad(w + 1, 256)) / n_ctx
+        rows.append(f"| {n_ctx} | {g} | {w} | {ps / pe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x | {pr / n_prompt:.0f} "
+                    f"| {dr / decode:.0f} | {room:.2f}x |")
     return "\n".join(rows)
 
 

@@ -70,13 +70,23 @@ def test_decode_count(cm):
     assert cm.decode_macs(s, 5, 3, w)[0] == cm.decode_macs(s, 5, 3, w)[1]  # positions 5..7 < W: stock
 
 
+def test_decode_count_with_flash_attention(cm):
+    s = cm.Shape(n_layer=3, n_head=2, n_head_kv=1, head_dim_k=8, head_dim_v=8, weight_macs=500)
+    stock, exact = cm.decode_macs_fa(s, 300, 1, 10)
+    # query 300: the cache is padded to 512 cells; the 10 neighbours and the key at 290 are copied into
+    # 256 free cells (11 padded to 256), which flash attention reads with K and V
+    assert stock == 500 + 3 * 2 * 512 * 16
+    assert exact - stock == 3 * 2 * 256 * 16
+    assert cm.decode_macs_fa(s, 5, 3, 10)[0] == cm.decode_macs_fa(s, 5, 3, 10)[1]  # positions < W: stock
+
+
 def test_cli_prints_the_table(tiny_llama_path):
     out = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_llama_path), "--lengths", "256", "128",
                           "--setting", "2:16", "4:200", "--n-ubatch", "32", "--decode", "4"],
                          capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 256") or line.startswith("| 128")]
     assert len(rows) == 2
-    assert "| 128 | 4 | 200 | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock path
+    assert "| 128 | 4 | 200 | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock path
     assert float(rows[0].split("|")[4].strip().rstrip("x")) < 1.0
 
 
