@@ -47,13 +47,12 @@ class SelfExtendParams:
         """False when the setting cannot change anything (``G == 1``)."""
         return self.group_size > 1
 
-
     @property
     def decode_scratch_cells(self) -> int:
         """KV cells that exact mode's flash-attention decoding writes past the used ones.
 
         Each decoded token's W neighbours and the key that leaves its window are rotated into
-        free cells past the cache's used range, padded to llama.cpp's 256 (patches/0005,
+        free cells past the cache's used range, padded to llama.cpp's 256 (patches/0007,
         ``llama_self_extend_gather::n_scr``). A cache without that room decodes with the
         unfused attention instead, which is correct but slower. 0 for shift mode and when off.
         """
