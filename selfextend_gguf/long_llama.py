@@ -142,10 +142,6 @@ class LongLlama(RpcLlama):
         params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode=mode)
         self.self_extend: SelfExtendParams = params
         self._requested_n_ctx = params.n_ctx
-        if kwargs.get("flash_attn") and params.decode_scratch_cells:
-            # room past n_ctx for the rotated neighbours, so that decoding near n_ctx keeps flash attention;
-            # n_ctx() and every length check stay at the n_ctx asked for
-            kwargs["n_ctx"] = params.n_ctx + params.decode_scratch_cells
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
         super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)

@@ -47,23 +47,6 @@ class SelfExtendParams:
         """False when the setting cannot change anything (``G == 1``)."""
         return self.group_size > 1
 
-    @property
-    def decode_scratch_cells(self) -> int:
-        """KV cells that exact mode's flash-attention decoding writes past the used ones.
-
-        Each decoded token's W neighbours and the key that leaves its window are rotated into
-        free cells past the cache's used range, padded to llama.cpp's 256 (patches/0007,
-        ``llama_self_extend_gather::n_scr``). A cache without that room decodes with the
-        unfused attention instead, which is correct but slower. 0 for shift mode and when off.
-        """
-        if not self.enabled or self.mode != "exact":
-            return 0
-        return -(-(self.window + 1) // KV_CELL_PAD) * KV_CELL_PAD
-
-
-# llama.cpp pads its KV cache, and each graph's view of it, to multiples of 256 cells
-KV_CELL_PAD = 256
-
 
 def max_context(n_ctx_train: int, group_size: int, window: int) -> int:
     """``(L - W) * G + W``: the usable length for trained length ``L``."""

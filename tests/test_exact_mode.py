@@ -139,14 +139,14 @@ def test_failed_decode_keeps_the_cache_consistent(tiny_llama_path):
 
 
 def test_flash_attention_decodes_up_to_n_ctx(tiny_llama_path):
-    """With flash_attn=True, LongLlama gives llama.cpp room past n_ctx for exact mode's
-    flash-attention decoding (the rotated neighbours go into free cells,
-    ``SelfExtendParams.decode_scratch_cells``), while ``n_ctx()`` and every length check stay at
-    the n_ctx asked for. Token by token up to n_ctx, the logits follow the oracle as closely as
-    the stock library's flash attention with the same F16 cache follows the stock model."""
+    """With flash_attn=True, exact mode decodes through flash attention in a cache of the stock
+    size, up to its last cell (the rotated neighbours replace their own cells for the step, so
+    no room past n_ctx is needed). Token by token up to n_ctx, the logits follow the oracle as
+    closely as the stock library's flash attention with the same F16 cache follows the stock
+    model, and one token more is refused."""
     import llama_cpp
 
-    G, W, n_ctx = 4, 16, 200
+    G, W, n_ctx = 5, 16, 256  # llama.cpp pads a cache to 256 cells: this one is full at the end
     toks = _tokens(n_ctx, seed=5)
     kw = dict(n_ctx=n_ctx, n_batch=64, n_ubatch=64, logits_all=True, type_k=F16, type_v=F16, flash_attn=True,
               n_threads=1, n_threads_batch=1, verbose=False)
@@ -154,7 +154,7 @@ def test_flash_attention_decodes_up_to_n_ctx(tiny_llama_path):
     stock = llama_cpp.Llama(str(tiny_llama_path), **kw)
     try:
         assert llm.n_ctx() == n_ctx
-        assert llama_cpp.llama_n_ctx(llm.ctx) >= n_ctx + llm.self_extend.decode_scratch_cells
+        assert llama_cpp.llama_n_ctx(llm.ctx) == llama_cpp.llama_n_ctx(stock.ctx) == n_ctx
         for llama in (llm, stock):
             llama.eval(toks[:100])
             for t in toks[100:]:
