@@ -14,9 +14,9 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
   scattered into the row of the cache, so V is multiplied once;
 - decoding with flash attention (patches/0007): the W neighbours and the key that leaves the window
-  are rotated into free cells past n_kv (padded to 256), and one flash attention reads the cache
-  and those cells, K and V: ``n_kv + pad(W + 1)`` cells instead of ``n_kv``. LongLlama sizes the
-  cache ``pad(W + 1)`` cells larger for it, the last column.
+  are saved, written rotated into their own cells, read by one flash attention over the stock n_kv
+  cells, and written back: no multiply-add more than stock, but ``4 (W + 1)`` rows of K moved per
+  layer (two gathers, two writes), the last column. The cache keeps the stock size.
 
 This script counts those multiply-adds for the same workload as ``selfextend-gguf bench`` (a
 prompt that fills n_ctx less ``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode``
@@ -121,30 +121,32 @@ def decode_macs(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int,
     return stock, exact, rotated
 
 
-def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int]:
-    """(stock, exact) multiply-adds of decoding with flash attention: one pass over n_kv + the copies."""
-    stock = exact = 0
+def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int, int]:
+    """(stock, exact, K rows moved) of decoding with flash attention: one pass over n_kv each, and
+    the W + 1 gathered keys read twice (to save, to rotate) and written twice (rotated, restored)."""
+    stock = exact = moved = 0
     per_key = s.n_layer * s.n_head
     for i in range(n_past, n_past + n_decode):
         n_kv = _pad(i + 1, 256)
-        stock += s.weight_macs + per_key * n_kv * (s.head_dim_k + s.head_dim_v)
-        n_scr = _pad(w + 1, 256) if w > 0 and i >= w else 0
-        exact += s.weight_macs + per_key * (n_kv + n_scr) * (s.head_dim_k + s.head_dim_v)
-    return stock, exact
+        macs = s.weight_macs + per_key * n_kv * (s.head_dim_k + s.head_dim_v)
+        stock += macs
+        exact += macs
+        if w > 0 and i >= w:
+            moved += s.n_layer * 4 * (w + 1)
+    return stock, exact, moved
 
 
 def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int, decode: int) -> str:
     rows: List[str] = ["| n_ctx | G | W | prompt bound | decode bound | decode bound, FA | keys re-rotated per prompt token "
-                       "| per decoded token | KV cells with FA room |",
+                       "| per decoded token | K rows moved per decoded token, FA |",
                        "|---|---|---|---|---|---|---|---|---|"]
     for n_ctx, (g, w) in zip(lengths, settings):
         n_prompt = n_ctx - decode - 8
         ps, pe, pr = prompt_macs(s, n_prompt, n_ubatch, w)
         ds, de, dr = decode_macs(s, n_prompt, decode, w)
-        fs, fe = decode_macs_fa(s, n_prompt, decode, w)
-        room = (n_ctx + _pad(w + 1, 256)) / n_ctx
+        fs, fe, fm = decode_macs_fa(s, n_prompt, decode, w)
         rows.append(f"| {n_ctx} | {g} | {w} | {ps / pe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x | {pr / n_prompt:.0f} "
-                    f"| {dr / decode:.0f} | {room:.2f}x |")
+                    f"| {dr / decode:.0f} | {fm / decode:.0f} |")
     return "\n".join(rows)
 
 
