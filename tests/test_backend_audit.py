@@ -128,10 +128,13 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
         kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=64, **extra)
         exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, **kw)
         stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, **kw)
-        if fa:
+        if fa and type_k in (F32, F16):
             # the prompt ubatches are unfused, the two single-token decodes use flash attention, in a cache
             # whose 256 cells are all read (no room past the used ones is needed)
             assert any(k[0] == "FLASH_ATTN_EXT" for k in exact)
+        elif fa and model != "gemma3_iswa":  # whose sliding-window layers are stock, with flash attention
+            # a quantized K cannot be restored bit-exact after the rotation in place: the unfused decode
+            assert not any(k[0] == "FLASH_ATTN_EXT" for k in exact)
     finally:
         lc.llama_model_free(model_ptr)
         llm.close()

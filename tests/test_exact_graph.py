@@ -359,33 +359,36 @@ def test_low_precision_caches(llama_cpp, models, arch, cache):
     assert e_exact <= 3 * e_stock + 1e-3
 
 
-FA_CACHES = {"f16": (GGML_TYPE_F16, GGML_TYPE_F16), "q8_0": (GGML_TYPE_Q8_0, GGML_TYPE_Q8_0),
-             "q4_0": (GGML_TYPE_Q4_0, GGML_TYPE_Q4_0)}
+FA_CACHES = {"f16": (GGML_TYPE_F16, GGML_TYPE_F16), "f32": (GGML_TYPE_F32, GGML_TYPE_F32),
+             "q8_0": (GGML_TYPE_Q8_0, GGML_TYPE_Q8_0), "q4_0": (GGML_TYPE_Q4_0, GGML_TYPE_Q4_0)}
 
 
 @pytest.mark.parametrize("arch,cache", [
     *[(a, "f16") for a in ("llama", "phi3", "qwen2_hd64", "llama_scaled")],
-    # quantized caches need head_dim % 32; hd64 is also Hadamard-rotated. The rotated neighbours are
-    # quantized once more than stock, as the keys that leave the window are
+    ("llama", "f32"),  # cast to F16 for the flash attention, restored from F32
+    # quantized K decodes unfused with flash attention on (it could not be restored bit-exact after the
+    # rotation in place; test_backend_audit checks the graph): the same bound. These caches need
+    # head_dim % 32; hd64 is also Hadamard-rotated
     ("llama_hd32", "q8_0"), ("qwen2_hd64", "q8_0"), ("llama_hd32", "q4_0"), ("qwen2_hd64", "q4_0"),
 ])
 def test_flash_attention_decode(llama_cpp, models, arch, cache):
-    """With flash_attn=True and free cells in the cache (n_ctx 512 for 240 tokens), exact mode
-    decodes through ggml_flash_attn_ext: the neighbours are rotated by the query's own rotation into
-    the free cells past n_kv (test_backend_audit checks that the graph has the op). Against the
-    oracle it deviates no more than the stock library's flash attention with the same cache
-    deviates from its unfused F32 run (3x, plus 1e-3 for the keys exact mode rounds once more).
-    A neighbour at a wrong position would be off by the order of the logits themselves."""
+    """With flash_attn=True exact mode decodes through ggml_flash_attn_ext (F16/F32 K): for each
+    step the neighbours are rotated by the query's own rotation in their own cells, and restored
+    after it (test_backend_audit checks that the graph has the op). The cache is full at the end
+    (256 cells). Against the oracle, at every decoded token, it deviates no more than the stock
+    library's flash attention with the same cache deviates from its unfused F32 run (3x, plus 1e-3
+    for the keys exact mode rounds once more). A neighbour left rotated, or at a wrong position,
+    would be off by the order of the logits themselves."""
     lc = llama_cpp
     path = models[arch]
     type_k, type_v = FA_CACHES[cache]
-    g, w, n, tail = 4, 16, 240, 48  # 48 decoded tokens: keys leave the window while decoding
+    g, w, n, tail = 4, 16, 256, 64  # 64 decoded tokens: keys leave the window while decoding
     tokens = _tokens(n, seed=23)
     ref = _oracle(path, tokens, g, w)
-    kw = dict(n_ctx=512, type_k=type_k, type_v=type_v, flash_attn=True, tail=tail)
+    kw = dict(n_ctx=256, type_k=type_k, type_v=type_v, flash_attn=True, tail=tail)
     exact_fa = _run(lc, path, tokens, g=g, w=w, **kw)
     stock_fa = _run(lc, path, tokens, mode=SE_NONE, **kw)
-    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, n_ctx=512, tail=tail)
+    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, n_ctx=256, tail=tail)
     e_exact = no.rel_max_err(exact_fa[-tail:], ref[-tail:])
     e_stock = no.rel_max_err(stock_fa[-tail:], stock_f32[-tail:])
     print(f"\n[fa] {arch} {cache}: exact FA decode vs oracle {e_exact:.2e}; stock FA vs F32 {e_stock:.2e}")
