@@ -24,6 +24,8 @@ class ModelInfo:
     arch: str
     n_ctx_train: int
     name: str = ""
+    #: attention heads of the query (the largest layer's where they differ); 0 if the file does not say
+    n_head: int = 0
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -64,16 +66,23 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     if not isinstance(n_ctx_train, int) or n_ctx_train <= 0:
         raise ModelFileError(f"{path} has no {arch}.context_length key, so its trained context is unknown")
     name = field("general.name")
-    return ModelInfo(path=path, arch=arch, n_ctx_train=int(n_ctx_train), name=name if isinstance(name, str) else "")
+    n_head = field(f"{arch}.attention.head_count")
+    if isinstance(n_head, list):  # one count per layer (OpenELM, some hybrids)
+        n_head = max(n_head, default=0)
+    return ModelInfo(path=path, arch=arch, n_ctx_train=int(n_ctx_train), name=name if isinstance(name, str) else "",
+                     n_head=int(n_head) if isinstance(n_head, int) and n_head > 0 else 0)
 
 
 # GGUF value types (gguf.constants.GGUFValueType) -> struct format of a scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+#: integer arrays up to this length are read (per-layer counts); longer ones (token types) are skipped
+_SHORT_ARRAY = 1024
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
-    """Parse the GGUF header: scalar and string metadata (arrays skipped) and where the data ends.
+    """Parse the GGUF header: scalar and string metadata, short integer arrays (as lists; other arrays
+    are skipped) and where the data ends.
 
     Hand-written rather than gguf.GGUFReader because it reads only the header,
     in milliseconds, where the reader maps and decodes every array of the file.
@@ -104,6 +113,8 @@ def _read_header(path: Path) -> tuple[dict, int]:
                 return read_str()
             if vtype == _ARRAY:
                 itype, n = read("<I"), read("<Q")
+                if itype in _SCALARS and _SCALARS[itype][-1] in "bBhHiIqQ" and n <= _SHORT_ARRAY:
+                    return [read(_SCALARS[itype]) for _ in range(n)]
                 if itype in _SCALARS:
                     f.seek(n * struct.calcsize(_SCALARS[itype]), os.SEEK_CUR)
                 else:

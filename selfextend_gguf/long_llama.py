@@ -32,6 +32,7 @@ from .gguf_info import read_model_info
 from .params import SelfExtendParams, as_int, choose_parameters
 from .rpc import RpcLlama
 from .shift import ShiftSchedule
+from .ubatch import exact_ubatch
 
 llama_cpp = load_llama_cpp()
 
@@ -103,7 +104,9 @@ class LongLlama(RpcLlama):
             are split across them by ``tensor_split`` (by their free memory when omitted).
             The protocol has no authentication or encryption: trusted networks only.
         **kwargs: Everything :class:`llama_cpp.Llama` accepts (``n_ctx``,
-            ``n_batch``, ``n_gpu_layers``, ``chat_format``, ...).
+            ``n_batch``, ``n_gpu_layers``, ``chat_format``, ...). In exact mode, an unset
+            ``n_ubatch`` is 128, or smaller where the prompt's score matrix would pass 128 MiB
+            (:func:`selfextend_gguf.ubatch.exact_ubatch`): faster and smaller than 512 there.
 
     The chosen setting is available as :attr:`self_extend`.
 
@@ -144,6 +147,11 @@ class LongLlama(RpcLlama):
         self._requested_n_ctx = params.n_ctx
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
+        if kwargs.get("n_ubatch", 0) is None:  # unset, as the server's settings say it: Llama's default
+            del kwargs["n_ubatch"]
+        if params.mode == "exact" and params.enabled and "n_ubatch" not in kwargs:
+            n_batch = as_int(kwargs.get("n_batch", 512), "n_batch", minimum=1)
+            kwargs["n_ubatch"] = exact_ubatch(params.n_ctx, info.n_head, n_batch)
         super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)
         try:
             self._check_model()

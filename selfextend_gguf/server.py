@@ -73,6 +73,8 @@ class LongModelSettings(ModelSettings):
 
     model_config = SettingsConfigDict(extra="forbid")
 
+    #: None: LongLlama's default (512, exact mode's smaller one, see selfextend_gguf.ubatch)
+    n_ubatch: Optional[int] = None  # type: ignore[assignment]
     group_size: Optional[int] = None
     window: Optional[int] = None
     mode: str = DEFAULT_MODE

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, default=None,
                    help="context size in tokens (default: twice the model's trained length)")
     p.add_argument("--n-batch", type=int, default=512, help="prompt batch size (default: %(default)s)")
+    p.add_argument("--n-ubatch", type=int, default=None,
+                   help="physical batch size (default: 512, at most --n-batch; exact mode: 128 or less)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU, -1 for all")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default: %(default)s)")
@@ -67,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     n_ctx = args.n_ctx or 2 * info.n_ctx_train
     settings = LongModelSettings(
         model=model, model_alias=args.model_alias, n_ctx=n_ctx, n_batch=args.n_batch,
-        n_ubatch=min(args.n_batch, 512), n_threads=args.threads, n_threads_batch=args.threads,
+        n_ubatch=args.n_ubatch, n_threads=args.threads, n_threads_batch=args.threads,
         n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, logits_all=args.logits_all,
         group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
         rpc_servers=args.rpc.split(",") if args.rpc else None,
