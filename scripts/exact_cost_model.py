@@ -20,7 +20,8 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
 
 This script counts those multiply-adds for the same workload as ``selfextend-gguf bench`` (a
 prompt that fills n_ctx less ``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode``
-single tokens), with the model's weight matrices added, and prints stock/exact: the throughput
+single tokens; exact mode's ubatch is LongLlama's default, ``selfextend_gguf.ubatch``), with the
+model's weight matrices added, and prints stock/exact: the throughput
 ratio exact mode would reach if it ran every multiply-add at the stock graph's rate and nothing
 else cost time. It leaves out the second RoPE of the keys that leave the window (one per layer
 and token), the softmax, the copies and the mask, so measured ratios are lower.
@@ -136,17 +137,20 @@ def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, i
     return stock, exact, moved
 
 
-def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int, decode: int) -> str:
-    rows: List[str] = ["| n_ctx | G | W | prompt bound | decode bound | decode bound, FA | keys re-rotated per prompt token "
-                       "| per decoded token | K rows moved per decoded token, FA |",
-                       "|---|---|---|---|---|---|---|---|---|"]
-    for n_ctx, (g, w) in zip(lengths, settings):
+def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int,
+          exact_n_ubatch: Sequence[int], decode: int) -> str:
+    """One row per length: stock's prompt in ubatches of ``n_ubatch``, exact mode's in its own."""
+    rows: List[str] = ["| n_ctx | G | W | exact ubatch | prompt bound | decode bound | decode bound, FA "
+                       "| keys re-rotated per prompt token | per decoded token | K rows moved per decoded token, FA |",
+                       "|---|---|---|---|---|---|---|---|---|---|"]
+    for n_ctx, (g, w), ub in zip(lengths, settings, exact_n_ubatch):
         n_prompt = n_ctx - decode - 8
-        ps, pe, pr = prompt_macs(s, n_prompt, n_ubatch, w)
+        ps = prompt_macs(s, n_prompt, n_ubatch, w)[0]
+        _, pe, pr = prompt_macs(s, n_prompt, ub, w)
         ds, de, dr = decode_macs(s, n_prompt, decode, w)
         fs, fe, fm = decode_macs_fa(s, n_prompt, decode, w)
-        rows.append(f"| {n_ctx} | {g} | {w} | {ps / pe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x | {pr / n_prompt:.0f} "
-                    f"| {dr / decode:.0f} | {fm / decode:.0f} |")
+        rows.append(f"| {n_ctx} | {g} | {w} | {ub} | {ps / pe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x "
+                    f"| {pr / n_prompt:.0f} | {dr / decode:.0f} | {fm / decode:.0f} |")
     return "\n".join(rows)
 
 
@@ -156,7 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--setting", nargs="+", default=None, metavar="G:W",
                         help="G:W per length (default: 4:1024 4:1024 8:1024, the README's cost table)")
-    parser.add_argument("--n-ubatch", type=int, default=512)
+    parser.add_argument("--n-ubatch", type=int, default=512, help="stock's ubatch (default: %(default)s)")
+    parser.add_argument("--exact-n-ubatch", type=int, default=None,
+                        help="exact mode's (default: LongLlama's, from selfextend_gguf.ubatch)")
     parser.add_argument("--decode", type=int, default=32)
     args = parser.parse_args(argv)
 
@@ -180,7 +186,12 @@ def main(argv=None) -> int:
     s = Shape.from_gguf(model)
     print(f"model: {model} ({s.n_layer} layers, {s.n_head}/{s.n_head_kv} heads, head dim {s.head_dim_k}, "
           f"{s.weight_macs / 1e6:.1f}M weight multiply-adds per token)")
-    print(table(s, args.lengths, settings, n_ubatch=args.n_ubatch, decode=args.decode))
+    if args.exact_n_ubatch is None:
+        from selfextend_gguf.ubatch import exact_ubatch
+        exact_n_ubatch = [exact_ubatch(n_ctx, s.n_head) for n_ctx in args.lengths]
+    else:
+        exact_n_ubatch = [args.exact_n_ubatch] * len(args.lengths)
+    print(table(s, args.lengths, settings, n_ubatch=args.n_ubatch, exact_n_ubatch=exact_n_ubatch, decode=args.decode))
     return 0
 
 

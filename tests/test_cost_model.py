@@ -86,8 +86,18 @@ def test_cli_prints_the_table(tiny_llama_path):
                          capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 256") or line.startswith("| 128")]
     assert len(rows) == 2
-    assert "| 128 | 4 | 200 | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock path
-    assert float(rows[0].split("|")[4].strip().rstrip("x")) < 1.0
+    assert "| 128 | 4 | 200 | 128 | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock path
+    assert rows[0].startswith("| 256 | 2 | 16 | 128 |")  # exact mode's ubatch: LongLlama's default
+    assert float(rows[0].split("|")[5].strip().rstrip("x")) < 1.0
+    # exact mode's window part shrinks with its ubatch: (W + n) columns per query
+    def bound(exact_ub: str) -> float:
+        out = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_llama_path), "--lengths", "256",
+                              "--setting", "2:16", "--n-ubatch", "32", "--exact-n-ubatch", exact_ub, "--decode", "4"],
+                             capture_output=True, text=True, check=True).stdout
+        row = next(line for line in out.splitlines() if line.startswith("| 256"))
+        assert row.startswith(f"| 256 | 2 | 16 | {exact_ub} |")
+        return float(row.split("|")[5].strip().rstrip("x"))
+    assert bound("8") > bound("32") > bound("128")
 
 
 def test_cli_rejects_bad_setting(tiny_llama_path):

@@ -149,7 +149,7 @@ def test_bench_miniature(tiny128, tmp_path, capsys):
                "shift", "exact", "--repeat", "2", "--out", str(out_dir), *COMMON])
     assert rc == 0
     table = _table_lines(capsys.readouterr().out)
-    assert table[0].startswith("| n_ctx | flash attn | method | setting | prompt tok/s | decode tok/s | KV MiB")
+    assert table[0].startswith("| n_ctx | flash attn | method | setting | ubatch | prompt tok/s | decode tok/s | KV MiB")
     assert len(table) == 8
     report = _report(out_dir / "bench.json", "bench")
     trials, rows = report["rows"], report["summary"]
@@ -272,3 +272,30 @@ def test_perplexity_resume_adds_methods(tiny128, tmp_path):
     assert [s["method"] for s in report["summary"]] == ["none", "linear"]
     assert report["summary"][0] == first["summary"][0]
     assert len(report["rows"]) == 2 * len(first["rows"])
+
+
+def test_bench_runs_each_method_with_its_own_ubatch(tiny128, tmp_path, capsys):
+    base = ["bench", "--model", tiny128, "--lengths", "256", "--decode", "1", "--methods", "none", "exact@G4W32",
+            "--out", str(tmp_path), *COMMON]
+    assert main(base) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    # llama.cpp's default for the stock graph (n_batch, capped at n_ctx), exact mode's own (selfextend_gguf.ubatch)
+    assert {r["method"]: r["n_ubatch"] for r in rows} == {"none": 256, "exact@G4W32": 128}
+    # --n-ubatch sets it for all, and a report measured without it is not continued with it
+    assert main([*base, "--n-ubatch", "64", "--resume"]) == 2
+    assert "n_ubatch: None there, 64 now" in capsys.readouterr().err
+    assert main([*base, "--n-ubatch", "64", "--out", str(tmp_path / "u64")]) == 0
+    rows = json.loads((tmp_path / "u64" / "bench.json").read_text())["rows"]
+    assert {r["method"]: r["n_ubatch"] for r in rows} == {"none": 64, "exact@G4W32": 64}
+
+
+def test_bench_report_without_n_ubatch_was_measured_with_n_batch(tiny128, tmp_path, capsys):
+    base = ["bench", "--model", tiny128, "--lengths", "256", "--decode", "1", "--methods", "none",
+            "--out", str(tmp_path), *COMMON]
+    assert main(base) == 0
+    path = tmp_path / "bench.json"
+    report = json.loads(path.read_text())
+    del report["settings"]["n_ubatch"]  # as written before --n-ubatch existed
+    path.write_text(json.dumps(report))
+    assert main([*base, "--resume"]) == 2
+    assert "n_ubatch: 'n_batch' there, None now" in capsys.readouterr().err

@@ -102,6 +102,7 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
         llm = method.build(model, **llama_kwargs)
         try:
             rng = np.random.default_rng(seed)
+            n_ubatch = int(llm.context_params.n_ubatch)
             tokens = [int(t) for t in rng.integers(min(100, llm.n_vocab() // 4), llm.n_vocab() - 1, size=n_prompt + decode)]
             t0 = time.perf_counter()
             llm.eval(tokens[:n_prompt])
@@ -119,7 +120,7 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
         # llama.cpp logs a compute buffer that grew past its reservation when the context is freed
         _, compute_final = buffer_sizes("".join(log))
     return {"method": method.label, "kind": method.kind, "setting": method.setting, "n_ctx": n_ctx,
-            "flash_attn": bool(llama_kwargs.get("flash_attn", False)),
+            "flash_attn": bool(llama_kwargs.get("flash_attn", False)), "n_ubatch": n_ubatch,
             "prompt_tokens": n_prompt, "decode_tokens": decode, "prompt_seconds": t_prompt,
             "decode_seconds": t_decode, "prompt_tps": n_prompt / t_prompt, "decode_tps": decode / t_decode if decode else None,
             "kv_mib": kv, "compute_mib": max(compute_reserved, compute_final), "peak_rss_mib": rss,
@@ -207,11 +208,11 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    body = [[r["n_ctx"], "on" if r.get("flash_attn") else "off", r["method"], r["setting"],
+    body = [[r["n_ctx"], "on" if r.get("flash_attn") else "off", r["method"], r["setting"], f(r.get("n_ubatch"), "d"),
              f(r["prompt_tps"], ".1f"), f(r["decode_tps"], ".1f"),
              f(r["kv_mib"], ".1f"), f(r["compute_mib"], ".1f"), f(r["peak_rss_mib"], ".0f"),
              f(r["prompt_x"], ".2f"), f(r["decode_x"], ".2f"), f(r["memory_x"], ".2f")] for r in rows]
-    return markdown_table(["n_ctx", "flash attn", "method", "setting", "prompt tok/s", "decode tok/s", "KV MiB",
+    return markdown_table(["n_ctx", "flash attn", "method", "setting", "ubatch", "prompt tok/s", "decode tok/s", "KV MiB",
                            "compute MiB", "peak RSS MiB", "prompt x", "decode x", "memory x"], body)
 
 

@@ -39,7 +39,10 @@ def _common(p: argparse.ArgumentParser, *, out_default: str = "selfextend-eval",
     p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N",
                    help="context lengths in tokens (default: 2x the model's trained length)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
-    p.add_argument("--n-batch", type=int, default=512, help="batch and ubatch size (default: %(default)s)")
+    p.add_argument("--n-batch", type=int, default=512, help="batch size (default: %(default)s)")
+    p.add_argument("--n-ubatch", type=int, default=None,
+                   help="physical batch size (default: each method's own: llama.cpp's 512, at most --n-batch; "
+                        "exact mode 128 or less, see selfextend_gguf.ubatch)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU backend (default: 0)")
     p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES[fa_both], default="off",
                    help="llama.cpp's flash attention (exact mode uses it where it can; default: %(default)s)"
@@ -121,9 +124,11 @@ class _Run:
         self.specs = expand_methods(args.methods, parse_grid(getattr(args, "grid", [])))
         self.out = Path(args.out)
         self.llama_kwargs: Dict[str, Any] = dict(
-            n_batch=args.n_batch, n_ubatch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
+            n_batch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
             n_gpu_layers=args.n_gpu_layers, flash_attn=_flash_attn(args)[0], rpc_servers=getattr(args, "rpc", None),
             verbose=False)
+        if args.n_ubatch is not None:  # else each method's default
+            self.llama_kwargs["n_ubatch"] = args.n_ubatch
         self.model_name = self.info.name or Path(self.model).name
 
     def announce(self, n_ctxs: Sequence[int]) -> None:
@@ -150,7 +155,8 @@ class _Run:
 
 
 #: the value of an option that a report written before the option existed was measured with
-_COMPAT_DEFAULTS = {"flash_attn": "off"}
+#: (``n_ubatch``: the ``--n-batch`` value, so such a bench report is not resumed with another one)
+_COMPAT_DEFAULTS = {"flash_attn": "off", "n_ubatch": "n_batch"}
 
 
 class _Store:
@@ -346,7 +352,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run = _Run(args, lambda L: [L, 2 * L])
     run.announce(run.lengths)
     fa = _flash_attn(args)
-    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, flash_attn=args.flash_attn), bn.summarize)
+    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, n_ubatch=args.n_ubatch,
+                                    flash_attn=args.flash_attn), bn.summarize)
     with run.progress(len(run.specs) * len(run.lengths) * args.repeat * len(fa), "run") as bar:
         bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
                llama_kwargs=run.llama_kwargs, repeat=args.repeat, flash_attn=fa, progress=bar,
