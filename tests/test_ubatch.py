@@ -78,3 +78,20 @@ def test_long_llama_uses_the_rule_in_exact_mode_only(tiny_llama_path, sixteen_he
     # stock graph: llama.cpp's default (n_ubatch = n_batch = 512, capped at n_ctx by llama_cpp.Llama's n_batch)
     assert _n_ubatch(tiny_llama_path, mode="shift", n_ctx=1024) == 512
     assert _n_ubatch(tiny_llama_path, mode="shift", n_ctx=1024, n_ubatch=None) == 512
+
+
+def test_server_settings_leave_the_ubatch_to_long_llama(tiny_llama_path):
+    pytest.importorskip("fastapi", reason="the server extra is not installed: pip install '.[server]'")
+    from selfextend_gguf.server import LongLlamaProxy, LongModelSettings
+
+    def loaded(**kwargs) -> int:
+        llm = LongLlamaProxy.load_llama_from_model_settings(
+            LongModelSettings(model=str(tiny_llama_path), n_ctx=256, verbose=False, **kwargs))
+        try:
+            return int(llm.context_params.n_ubatch)
+        finally:
+            llm.close()
+
+    assert loaded(mode="exact") == 128
+    assert loaded(mode="exact", n_ubatch=64) == 64
+    assert loaded(mode="shift") == 256  # llama.cpp's 512, at most n_batch (512, capped at n_ctx)
