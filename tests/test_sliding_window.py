@@ -38,7 +38,8 @@ def _tokens(n: int, seed: int) -> list:
 
 
 def _kw(n_ctx: int, **extra) -> dict:
-    kw = dict(n_ctx=n_ctx, n_batch=512, logits_all=True, type_k=F32, type_v=F32, flash_attn=False,
+    # one ubatch size for both: exact mode's own default (128) would split the prompt differently from stock's
+    kw = dict(n_ctx=n_ctx, n_batch=512, n_ubatch=512, logits_all=True, type_k=F32, type_v=F32, flash_attn=False,
               n_threads=1, n_threads_batch=1, verbose=False)
     kw.update(extra)
     return kw
