@@ -395,6 +395,37 @@ def test_flash_attention_decode(llama_cpp, models, arch, cache):
     assert e_exact <= 3 * e_stock + 1e-3
 
 
+@pytest.mark.parametrize("arch,cache", [
+    *[(a, "f16") for a in ("llama", "phi3", "qwen2", "llama_scaled")],
+    ("llama", "f32"),  # cast to F16 for the flash attention, the scratch cells restored from F32
+])
+@pytest.mark.parametrize("n_ubatch", [8, 16])
+def test_flash_attention_prompt(llama_cpp, models, arch, cache, n_ubatch):
+    """With flash_attn=True a prompt ubatch whose window is in position order runs one
+    ggml_flash_attn_ext over the cache: its window is attended unfused, and the window's output and
+    log-sum-exp per query head enter the flash attention as scratch cells at the start of the
+    window (K = 0, V = the output, mask = the log-sum-exp), restored afterwards. The whole prompt
+    (256 tokens at 4x the trained context, ubatches of 8 and 16, 2-4 query heads per KV head so
+    that the scratch fits the window of 64) against the oracle: no further from it than 1.25x the
+    stock library's flash attention with the same cache is from its unfused F32 run. A window
+    weight off by 0.1% (a log-sum-exp off by 1e-3 of itself) triples the error; a scratch cell
+    left in the cache is off by the order of the logits."""
+    lc = llama_cpp
+    path = models[arch]
+    type_k, type_v = FA_CACHES[cache]
+    g, w, n = 4, 64, 256
+    tokens = _tokens(n, seed=29)
+    ref = _oracle(path, tokens, g, w)
+    kw = dict(n_ctx=256, n_batch=256, n_ubatch=n_ubatch)
+    exact_fa = _run(lc, path, tokens, g=g, w=w, type_k=type_k, type_v=type_v, flash_attn=True, **kw)
+    stock_fa = _run(lc, path, tokens, mode=SE_NONE, type_k=type_k, type_v=type_v, flash_attn=True, **kw)
+    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, **kw)
+    e_exact = no.rel_max_err(exact_fa, ref)
+    e_stock = no.rel_max_err(stock_fa, stock_f32)
+    print(f"\n[fa prompt] {arch} {cache} ubatch {n_ubatch}: exact vs oracle {e_exact:.2e}; stock FA vs F32 {e_stock:.2e}")
+    assert e_exact <= 1.25 * e_stock
+
+
 # ---------------------------------------------------------------------------------------------
 # K-shift (llama_memory_seq_add): the cached keys move between their stored (grouped) positions
 

@@ -171,6 +171,62 @@ def test_flash_attention_decodes_up_to_n_ctx(tiny_llama_path):
         stock.close()
 
 
+def test_failed_flash_attention_prompt_keeps_the_cache_consistent(tiny_llama_path):
+    """A flash-attention prompt ubatch holds K = 0 and the window's output in the first cells of its
+    window between two nodes of each layer's graph. Prompt ubatches of 8 tokens aborted after every
+    node of the first two layers in turn: each time llama.cpp removes what the failed ubatch may
+    have left overwritten (cells older than the ubatch), LongLlama counts as cached only what the
+    cache holds, and continuing gives the logits of a fresh evaluation that never failed."""
+    from selfextend_gguf import LongLlama, load_llama_cpp
+
+    lc = load_llama_cpp()
+    kw = dict(n_ctx=160, n_batch=8, n_ubatch=8, type_k=F32, type_v=F32, flash_attn=True, n_threads=1,
+              n_threads_batch=1, logits_all=True, verbose=False)
+    tokens = [int(t) for t in np.random.default_rng(73).integers(3, 259, size=160)]
+    llm = LongLlama(tiny_llama_path, mode="exact", group_size=4, window=32, **kw)
+    try:
+        llm.eval(tokens[:96])
+        state = {"calls": 0, "at": 0}
+
+        @lc.ggml_abort_callback
+        def abort(_data):
+            state["calls"] += 1
+            return state["calls"] == state["at"]
+
+        lc.llama_set_abort_callback(llm._ctx.ctx, abort, None)
+        failed = 0
+        lost = 0
+        for at in range(1, 80):
+            state["at"] = 0
+            while llm.n_tokens < 96:  # what the last failure removed, evaluated again
+                llm.eval(tokens[llm.n_tokens:min(96, llm.n_tokens + 8)])
+            state.update(calls=0, at=at)
+            try:
+                llm.eval(tokens[96:104])
+            except RuntimeError:
+                failed += 1
+                held = lc.llama_memory_seq_pos_max(lc.llama_get_memory(llm._ctx.ctx), 0) + 1
+                assert llm.n_tokens == held <= 96
+                lost = max(lost, 96 - held)
+            else:
+                llm.n_tokens = 96  # the next try evaluates the same ubatch again
+                lc.llama_memory_seq_rm(lc.llama_get_memory(llm._ctx.ctx), 0, 96, -1)
+        state["at"] = 0
+        assert failed >= 40 and lost > 0  # aborts inside the graph, some after the scratch was written
+        while llm.n_tokens < 160:
+            llm.eval(tokens[llm.n_tokens:llm.n_tokens + 8])
+        got = np.array(llm.scores[96:160])
+    finally:
+        llm.close()
+    fresh = LongLlama(tiny_llama_path, mode="exact", group_size=4, window=32, **kw)
+    try:
+        fresh.eval(tokens[:160])
+        expected = np.array(fresh.scores[96:160])
+    finally:
+        fresh.close()
+    assert np.abs(got - expected).max() <= 3e-3 * np.abs(expected).max()
+
+
 def test_failed_flash_attention_decode_keeps_the_cache_consistent(tiny_llama_path):
     """A flash-attention decode holds its gathered keys rotated in their own cells between two
     nodes of each layer's graph. Single-token decodes aborted after every node of the first two
