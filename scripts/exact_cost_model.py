@@ -13,6 +13,11 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
 - decoding: the W neighbours against the exact query and the one key that leaves the window
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
   scattered into the row of the cache, so V is multiplied once;
+- prompt ubatches with flash attention (patches/0008), when the window holds a scratch cell per query
+  and query head of a KV head: the window is scored and multiplied with its V unfused (its keys
+  against the exact queries, the keys that leave the window against the grouped ones, and the
+  window's V once more), then one flash attention reads the whole cache with the window's output
+  in scratch cells in place: the stock pass, plus the window's own product with V;
 - decoding with flash attention (patches/0007): the W neighbours and the key that leaves the window
   are saved, written rotated into their own cells, read by one flash attention over the stock n_kv
   cells, and written back: no multiply-add more than stock, but ``4 (W + 1)`` rows of K moved per
@@ -83,25 +88,50 @@ def _ubatches(n_prompt: int, n_ubatch: int) -> Iterator[Tuple[int, int]]:
         yield p, min(n_ubatch, n_prompt - p)
 
 
+def ubatch_window(p: int, n: int, w: int) -> int:
+    """The cells of the window of the ubatch of n queries at p..p+n-1 (0 on the stock path)."""
+    i_max = p + n - 1
+    if w <= 0 or i_max < w:
+        return 0
+    first = max(0, p - w)  # the oldest key still stored exact (within W of p - 1)
+    return i_max - first + 1
+
+
+def prompt_macs_ubatch(s: Shape, p: int, n: int, w: int) -> Tuple[int, int, int]:
+    """(stock, exact, keys re-rotated) multiply-adds of the ubatch of n queries at p..p+n-1."""
+    per_key = s.n_layer * s.n_head  # one score (or one row of V) per layer and head
+    n_kv = _pad(p + n, 256)
+    stock = n * s.weight_macs + n * per_key * n_kv * (s.head_dim_k + s.head_dim_v)
+    n_win = ubatch_window(p, n, w)  # read in place, scored against the exact queries
+    if n_win == 0:  # every query sees every key exactly: the stock path
+        return stock, stock, 0
+    n_cr = max(0, p + n - 1 - w - max(0, p - w) + 1)  # the keys that leave the window: rotated, scored grouped
+    return stock, stock + n * per_key * s.head_dim_k * (n_win + n_cr), s.n_layer * s.n_head_kv * n_cr
+
+
 def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int, int]:
     """(stock, exact, keys re-rotated) multiply-adds of evaluating a prompt from position 0."""
     stock = exact = rotated = 0
-    per_key = s.n_layer * s.n_head  # one score (or one row of V) per layer and head
     for p, n in _ubatches(n_prompt, n_ubatch):
-        n_kv = _pad(p + n, 256)
-        base = n * s.weight_macs
-        attn = n * per_key * n_kv * (s.head_dim_k + s.head_dim_v)
-        stock += base + attn
-        i_max = p + n - 1
-        if w <= 0 or i_max < w:  # every query sees every key exactly: the stock path
-            exact += base + attn
-            continue
-        first = max(0, p - w)                   # the oldest key still stored exact (within W of p - 1)
-        n_win = i_max - first + 1               # the window: read in place, scored against the exact queries
-        n_cr = max(0, i_max - w - first + 1)    # the keys that leave the window: rotated, scored grouped
-        exact += base + attn + n * per_key * s.head_dim_k * (n_win + n_cr)
-        rotated += s.n_layer * s.n_head_kv * n_cr
+        st, ex, rot = prompt_macs_ubatch(s, p, n, w)
+        stock, exact, rotated = stock + st, exact + ex, rotated + rot
     return stock, exact, rotated
+
+
+def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int]:
+    """(stock, exact) multiply-adds of evaluating a prompt from position 0 with flash attention: a ubatch
+    whose window holds n_gqa * n scratch cells multiplies the window's V once more; others are unfused."""
+    stock, exact = 0, 0
+    n_gqa = s.n_head // s.n_head_kv
+    per_key = s.n_layer * s.n_head
+    for p, n in _ubatches(n_prompt, n_ubatch):
+        st, ex, _ = prompt_macs_ubatch(s, p, n, w)
+        stock += st
+        exact += ex
+        n_win = ubatch_window(p, n, w)
+        if ex > st and n_gqa * n <= n_win:
+            exact += n * per_key * s.head_dim_v * n_win
+    return stock, exact
 
 
 def decode_macs(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, int, int]:
@@ -140,16 +170,18 @@ def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, i
 def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int,
           exact_n_ubatch: Sequence[int], decode: int) -> str:
     """One row per length: stock's prompt in ubatches of ``n_ubatch``, exact mode's in its own."""
-    rows: List[str] = ["| n_ctx | G | W | exact ubatch | prompt bound | decode bound | decode bound, FA "
-                       "| keys re-rotated per prompt token | per decoded token | K rows moved per decoded token, FA |",
-                       "|---|---|---|---|---|---|---|---|---|---|"]
+    rows: List[str] = ["| n_ctx | G | W | exact ubatch | prompt bound | prompt bound, FA | decode bound "
+                       "| decode bound, FA | keys re-rotated per prompt token | per decoded token "
+                       "| K rows moved per decoded token, FA |",
+                       "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n_ctx, (g, w), ub in zip(lengths, settings, exact_n_ubatch):
         n_prompt = n_ctx - decode - 8
         ps = prompt_macs(s, n_prompt, n_ubatch, w)[0]
         _, pe, pr = prompt_macs(s, n_prompt, ub, w)
         ds, de, dr = decode_macs(s, n_prompt, decode, w)
+        pfe = prompt_macs_fa(s, n_prompt, ub, w)[1]
         fs, fe, fm = decode_macs_fa(s, n_prompt, decode, w)
-        rows.append(f"| {n_ctx} | {g} | {w} | {ub} | {ps / pe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x "
+        rows.append(f"| {n_ctx} | {g} | {w} | {ub} | {ps / pe:.2f}x | {ps / pfe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x "
                     f"| {pr / n_prompt:.0f} | {dr / decode:.0f} | {fm / decode:.0f} |")
     return "\n".join(rows)
 

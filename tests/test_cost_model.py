@@ -60,6 +60,20 @@ def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
         assert rotated <= 2 * 2 * n_prompt
 
 
+def test_prompt_count_with_flash_attention(cm):
+    s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
+    # the ubatch of 8 queries at 100..107, W = 40: window 60..107 (48 cells), 2 x 8 = 16 scratch cells fit;
+    # flash attention adds the window's product with V to the unfused count
+    stock, exact, _ = cm.prompt_macs(s, 112, 8, 40)
+    stock_fa, exact_fa = cm.prompt_macs_fa(s, 112, 8, 40)
+    assert stock_fa == stock
+    assert cm.ubatch_window(100, 8, 40) == 48 and cm.ubatch_window(32, 8, 40) == 0
+    # the ubatches at 40, 48, ..., 104: 9 windows of 48 cells (the first from 0: 48 too)
+    assert exact_fa - exact == 8 * 2 * 4 * 8 * 48 * 9
+    # W = 4: a window of 4 + 8 (+ 4 leaving) cells cannot hold 16 scratch cells: unfused, no extra
+    assert cm.prompt_macs_fa(s, 112, 8, 4)[1] == cm.prompt_macs(s, 112, 8, 4)[1]
+
+
 def test_decode_count(cm):
     s = cm.Shape(n_layer=3, n_head=2, n_head_kv=1, head_dim_k=8, head_dim_v=8, weight_macs=500)
     w = 10
@@ -86,7 +100,7 @@ def test_cli_prints_the_table(tiny_llama_path):
                          capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 256") or line.startswith("| 128")]
     assert len(rows) == 2
-    assert "| 128 | 4 | 200 | 128 | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock path
+    assert "| 128 | 4 | 200 | 128 | 1.00x | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock
     assert rows[0].startswith("| 256 | 2 | 16 | 128 |")  # exact mode's ubatch: LongLlama's default
     assert float(rows[0].split("|")[5].strip().rstrip("x")) < 1.0
     # exact mode's window part shrinks with its ubatch: (W + n) columns per query
