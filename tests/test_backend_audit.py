@@ -93,19 +93,20 @@ CACHES = {  # name: (type_k, type_v, flash_attn)
     "f32": (F32, F32, False),
     "f16": (F16, F16, False),
     "f16 flash": (F16, F16, True),
+    "f16 flash prompt": (F16, F16, True),  # ubatches of 2 tokens: their windows hold the scratch cells
     "q8_0 K": (Q8_0, F16, False),
     "q8_0 flash": (Q8_0, Q8_0, True),
     "q4_0 flash": (Q4_0, Q4_0, True),
 }
 
 CONFIGS = [
-    *[("llama", c) for c in ("f32", "f16", "f16 flash")],
+    *[("llama", c) for c in ("f32", "f16", "f16 flash", "f16 flash prompt")],
     ("phi3", "f32"),
     ("llama_scaled", "f32"),
     ("llama_scaled", "yarn"),
     *[("llama_hd32", c) for c in ("q8_0 K", "q4_0 flash")],
     *[("qwen2_hd64", c) for c in ("f16", "q8_0 K", "q8_0 flash", "q4_0 flash")],
-    *[("gemma3_iswa", c) for c in ("f32", "f16 flash", "q8_0 flash")],
+    *[("gemma3_iswa", c) for c in ("f32", "f16 flash", "f16 flash prompt", "q8_0 flash")],
 ]
 
 
@@ -125,16 +126,17 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
     model_ptr = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
     assert model_ptr
     try:
-        kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=64, **extra)
+        n_ubatch = 2 if cache == "f16 flash prompt" else 64
+        kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=n_ubatch, **extra)
         exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, **kw)
         stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, **kw)
         if fa and type_k in (F32, F16):
-            # the first prompt ubatch (64 tokens, whose window of 64 cells cannot hold a scratch cell per query
-            # and query head) is unfused; the second (6 tokens) runs flash attention with the window's output
-            # in scratch cells (the LOG of its log-sum-exp is only in that graph); the two single-token decodes
-            # use flash attention, in a cache whose 256 cells are all read (no room past the used ones is needed)
+            # prompt ubatches of 64 tokens are unfused (a window of W + 64 cells cannot hold two scratch cells
+            # per query and query head); ubatches of 2 run flash attention with the window's output in scratch
+            # cells (the LOG of its log-sum-exp is only in that graph); the two single-token decodes use flash
+            # attention, in a cache whose 256 cells are all read (no room past the used ones is needed)
             assert any(k[0] == "FLASH_ATTN_EXT" for k in exact)
-            assert any(k[0] == "LOG" for k in exact)
+            assert any(k[0] == "LOG" for k in exact) == (cache == "f16 flash prompt")
         elif fa and model != "gemma3_iswa":  # whose sliding-window layers are stock, with flash attention
             # a quantized K cannot be restored bit-exact after the rotation in place: the unfused decode
             assert not any(k[0] == "FLASH_ATTN_EXT" for k in exact)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import numpy_oracle as no
+from tiny_models import write_tiny_model
 from selfextend_gguf import LongLlama, max_context
 from selfextend_gguf import _api
 from selfextend_gguf.errors import ContextLengthError
@@ -169,6 +170,30 @@ def test_flash_attention_decodes_up_to_n_ctx(tiny_llama_path):
     finally:
         llm.close()
         stock.close()
+
+
+def test_flash_attention_prompt_compute_buffer_is_one_mask_more(tmp_path):
+    """The flash-attention prompt replaces the F32 score matrix of the whole cache with an F16 mask
+    of n_kv x (n_gqa x n_ubatch) per KV head, which one layer holds at a time. On a 16-layer model
+    the compute buffer stays within the stock library's plus three such masks; a mask that each
+    layer kept to the end of the graph (an unread write into it) would take 16."""
+    import llama_cpp
+
+    from selfextend_gguf import LongLlama
+    from selfextend_gguf.evaluate.bench import buffer_sizes, capture_llama_log
+
+    path = write_tiny_model(tmp_path / "llama16.gguf", arch="llama", n_layer=16, context_length=512, seed=3)
+    n_ctx, n_ubatch, n_head_kv, n_gqa = 1280, 32, 2, 2
+    kw = dict(n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch, flash_attn=True, n_threads=1, verbose=True)
+    sizes = {}
+    for name, make in (("stock", lambda: llama_cpp.Llama(str(path), **kw)),
+                       ("exact", lambda: LongLlama(path, mode="exact", group_size=4, window=256, **kw))):
+        with capture_llama_log() as log:
+            make().close()
+        sizes[name] = buffer_sizes("\n".join(log))[1]
+    mask_mib = n_ctx * n_gqa * n_ubatch * n_head_kv * 2 / 2**20
+    print(f"\n[fa prompt buffer] stock {sizes['stock']:.2f} MiB, exact {sizes['exact']:.2f} MiB, mask {mask_mib:.2f} MiB")
+    assert sizes["exact"] <= sizes["stock"] + 3 * mask_mib
 
 
 def test_failed_flash_attention_prompt_keeps_the_cache_consistent(tiny_llama_path):
