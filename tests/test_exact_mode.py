@@ -196,6 +196,43 @@ def test_flash_attention_prompt_compute_buffer_is_one_mask_more(tmp_path):
     assert sizes["exact"] <= sizes["stock"] + 3 * mask_mib
 
 
+def _abort_after_each_node(lc, llm, tokens, n_held: int, step: int) -> tuple:
+    """Evaluate tokens[n_held:n_held + step] with llama.cpp aborting after node 1, 2, ..., 79 of the
+    graph in turn (the first layers). After each failure llama.cpp must have removed what the failed
+    ubatch may have left written, and LongLlama must count as cached only what the cache holds;
+    what was removed is evaluated again, `step` tokens at a time. Returns the number of failures and
+    the fewest tokens a failure left."""
+    state = {"calls": 0, "at": 0}
+
+    @lc.ggml_abort_callback
+    def abort(_data):
+        state["calls"] += 1
+        return state["calls"] == state["at"]
+
+    llm._test_abort = abort  # kept alive as long as the context holds it
+    lc.llama_set_abort_callback(llm._ctx.ctx, abort, None)
+    mem = lc.llama_get_memory(llm._ctx.ctx)
+    failed, least = 0, n_held
+    for at in list(range(1, 80)) + [0]:
+        state["at"] = 0
+        while llm.n_tokens < n_held:  # what the last failure removed, evaluated again
+            llm.eval(tokens[llm.n_tokens:min(n_held, llm.n_tokens + step)])
+        if at == 0:
+            break
+        state.update(calls=0, at=at)
+        try:
+            llm.eval(tokens[n_held:n_held + step])
+        except RuntimeError:
+            failed += 1
+            held = lc.llama_memory_seq_pos_max(mem, 0) + 1
+            assert llm.n_tokens == held <= n_held
+            least = min(least, held)
+        else:  # the next try evaluates the same tokens again
+            llm.n_tokens = n_held
+            lc.llama_memory_seq_rm(mem, 0, n_held, -1)
+    return failed, least
+
+
 def test_failed_flash_attention_prompt_keeps_the_cache_consistent(tiny_llama_path):
     """A flash-attention prompt ubatch holds K = 0 and the window's output in the first cells of its
     window between two nodes of each layer's graph. Prompt ubatches of 8 tokens aborted after every
@@ -211,33 +248,8 @@ def test_failed_flash_attention_prompt_keeps_the_cache_consistent(tiny_llama_pat
     llm = LongLlama(tiny_llama_path, mode="exact", group_size=4, window=32, **kw)
     try:
         llm.eval(tokens[:96])
-        state = {"calls": 0, "at": 0}
-
-        @lc.ggml_abort_callback
-        def abort(_data):
-            state["calls"] += 1
-            return state["calls"] == state["at"]
-
-        lc.llama_set_abort_callback(llm._ctx.ctx, abort, None)
-        failed = 0
-        lost = 0
-        for at in range(1, 80):
-            state["at"] = 0
-            while llm.n_tokens < 96:  # what the last failure removed, evaluated again
-                llm.eval(tokens[llm.n_tokens:min(96, llm.n_tokens + 8)])
-            state.update(calls=0, at=at)
-            try:
-                llm.eval(tokens[96:104])
-            except RuntimeError:
-                failed += 1
-                held = lc.llama_memory_seq_pos_max(lc.llama_get_memory(llm._ctx.ctx), 0) + 1
-                assert llm.n_tokens == held <= 96
-                lost = max(lost, 96 - held)
-            else:
-                llm.n_tokens = 96  # the next try evaluates the same ubatch again
-                lc.llama_memory_seq_rm(lc.llama_get_memory(llm._ctx.ctx), 0, 96, -1)
-        state["at"] = 0
-        assert failed >= 40 and lost > 0  # aborts inside the graph, some after the scratch was written
+        failed, least = _abort_after_each_node(lc, llm, tokens, 96, 8)
+        assert failed >= 40 and least < 96  # aborts inside the graph, cells older than the ubatch removed
         while llm.n_tokens < 160:
             llm.eval(tokens[llm.n_tokens:llm.n_tokens + 8])
         got = np.array(llm.scores[96:160])
@@ -267,28 +279,8 @@ def test_failed_flash_attention_decode_keeps_the_cache_consistent(tiny_llama_pat
     llm = LongLlama(tiny_llama_path, mode="exact", group_size=4, window=16, **kw)
     try:
         llm.eval(tokens[:100])
-        state = {"calls": 0, "at": 0}
-
-        @lc.ggml_abort_callback
-        def abort(_data):
-            state["calls"] += 1
-            return state["calls"] == state["at"]
-
-        lc.llama_set_abort_callback(llm._ctx.ctx, abort, None)
-        failed = 0
-        for at in range(1, 80):
-            state["at"] = 0
-            while llm.n_tokens < 100:  # what the last failure removed, decoded again
-                llm.eval(tokens[llm.n_tokens:llm.n_tokens + 1])
-            state.update(calls=0, at=at)
-            try:
-                llm.eval(tokens[llm.n_tokens:llm.n_tokens + 1])
-            except RuntimeError:
-                failed += 1
-                held = lc.llama_memory_seq_pos_max(lc.llama_get_memory(llm._ctx.ctx), 0) + 1
-                assert llm.n_tokens == held < 100
-        state["at"] = 0
-        assert failed >= 40  # the abort points inside the graph
+        failed, least = _abort_after_each_node(lc, llm, tokens, 100, 1)
+        assert failed >= 40 and least < 100  # the abort points inside the graph
         while llm.n_tokens < 160:
             llm.eval(tokens[llm.n_tokens:llm.n_tokens + 1])
         got = np.array(llm.scores[100:160])
