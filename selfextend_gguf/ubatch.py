@@ -1,10 +1,11 @@
 """Exact mode's default physical batch (``n_ubatch``): fast on the CPU and small in memory.
 
-Exact mode evaluates a prompt ubatch of ``n`` queries without flash attention (each query
-needs its own rotation of the window), so every layer holds an F32 score matrix of
-``n_ctx x n x n_head``: 288 MiB at 16k tokens for SmolLM2 with llama.cpp's ``n_ubatch = 512``,
-which stock flash attention never allocates. It also computes the window's scores,
-``W + n`` columns per query, so a large ubatch costs time as well. Measured on 2 CPU cores
+With flash attention off, exact mode evaluates a prompt ubatch of ``n`` queries unfused, so
+every layer holds an F32 score matrix of ``n_ctx x n x n_head``: 288 MiB at 16k tokens for
+SmolLM2 with llama.cpp's ``n_ubatch = 512``, which stock flash attention never allocates. With
+flash attention on (``patches/0008``) an F16 mask of the same shape, half that size, takes its
+place. Either way each query scores its window unfused, ``W + n`` columns, so a large ubatch
+costs time as well. Measured on 2 CPU cores
 (SmolLM2, 4096 tokens, W = 1024; docs/exact-storage.md), exact mode's prompt ran at
 54-57 tok/s with ``n_ubatch`` 512, 61-67 with 256, 65-70 with 128 and 68-70 with 64.
 
