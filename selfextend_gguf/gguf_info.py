@@ -26,6 +26,8 @@ class ModelInfo:
     name: str = ""
     #: attention heads of the query (the largest layer's where they differ); 0 if the file does not say
     n_head: int = 0
+    #: query heads per KV head (the largest layer's where they differ); 0 if the file does not say
+    n_gqa: int = 0
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -66,11 +68,30 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     if not isinstance(n_ctx_train, int) or n_ctx_train <= 0:
         raise ModelFileError(f"{path} has no {arch}.context_length key, so its trained context is unknown")
     name = field("general.name")
-    n_head = field(f"{arch}.attention.head_count")
-    if isinstance(n_head, list):  # one count per layer (OpenELM, some hybrids)
-        n_head = max(n_head, default=0)
+    heads = field(f"{arch}.attention.head_count")
+    n_head = max(heads, default=0) if isinstance(heads, list) else heads  # a list: one count per layer (OpenELM)
     return ModelInfo(path=path, arch=arch, n_ctx_train=int(n_ctx_train), name=name if isinstance(name, str) else "",
-                     n_head=int(n_head) if isinstance(n_head, int) and n_head > 0 else 0)
+                     n_head=int(n_head) if isinstance(n_head, int) and n_head > 0 else 0,
+                     n_gqa=_n_gqa(heads, field(f"{arch}.attention.head_count_kv")))
+
+
+def _n_gqa(heads, heads_kv) -> int:
+    """Query heads per KV head, the largest layer's; 0 when the counts are missing or do not divide.
+
+    Either count may be one number or one per layer. A missing KV count means one KV head per
+    query head (llama.cpp's default); layers without attention (a count of 0) are skipped.
+    """
+    if heads_kv is None:
+        heads_kv = heads
+    lists = [c for c in (heads, heads_kv) if isinstance(c, list)]
+    n_layer = len(lists[0]) if lists else 1
+    if any(len(c) != n_layer for c in lists):
+        return 0
+    per_layer = [c if isinstance(c, list) else [c] * n_layer for c in (heads, heads_kv)]
+    pairs = [(h, kv) for h, kv in zip(*per_layer) if isinstance(h, int) and isinstance(kv, int) and h > 0 and kv > 0]
+    if any(h % kv for h, kv in pairs):
+        return 0
+    return max((h // kv for h, kv in pairs), default=0)
 
 
 # GGUF value types (gguf.constants.GGUFValueType) -> struct format of a scalar

@@ -105,7 +105,8 @@ class LongLlama(RpcLlama):
             The protocol has no authentication or encryption: trusted networks only.
         **kwargs: Everything :class:`llama_cpp.Llama` accepts (``n_ctx``,
             ``n_batch``, ``n_gpu_layers``, ``chat_format``, ...). In exact mode, an unset
-            ``n_ubatch`` is 128, or smaller where the prompt's score matrix would pass 128 MiB
+            ``n_ubatch`` is 128, or smaller where the prompt's score matrix would pass 128 MiB or,
+            with flash attention, where the window cannot hold the flash-attention prompt's scratch
             (:func:`selfextend_gguf.ubatch.exact_ubatch`): faster and smaller than 512 there.
 
     The chosen setting is available as :attr:`self_extend`.
@@ -151,7 +152,8 @@ class LongLlama(RpcLlama):
             del kwargs["n_ubatch"]
         if params.mode == "exact" and params.enabled and "n_ubatch" not in kwargs:
             n_batch = as_int(kwargs.get("n_batch", 512), "n_batch", minimum=1)
-            kwargs["n_ubatch"] = exact_ubatch(params.n_ctx, info.n_head, n_batch)
+            kwargs["n_ubatch"] = exact_ubatch(params.n_ctx, info.n_head, n_batch, n_gqa=info.n_gqa,
+                                              window=params.window, flash_attn=bool(kwargs.get("flash_attn")))
         super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)
         try:
             self._check_model()

@@ -10,7 +10,11 @@ costs time as well. Measured on 2 CPU cores
 54-57 tok/s with ``n_ubatch`` 512, 61-67 with 256, 65-70 with 128 and 68-70 with 64.
 
 :func:`exact_ubatch` takes 128 and halves it while the score matrix would exceed
-:data:`SCORE_BUFFER_BYTES`, down to :data:`MIN_UBATCH`.
+:data:`SCORE_BUFFER_BYTES`, down to :data:`MIN_UBATCH`. With flash attention on it also halves
+it until the flash-attention prompt can take the ubatch: that prompt writes two scratch cells
+per query and query head of a KV head into the window, ``2 * n_gqa * n`` cells, and the
+smallest window is ``W + 1`` cells (:func:`flash_prompt_fits`). SmolLM2 (``n_gqa`` 3) and
+Gemma 3 270M (4) keep 128 at ``W = 1024``; a model with 8 query heads per KV head takes 64.
 """
 
 from __future__ import annotations
@@ -28,19 +32,38 @@ def score_buffer_bytes(n_ctx: int, n_ubatch: int, n_head: int) -> int:
     return 4 * n_ctx * n_ubatch * n_head
 
 
-def exact_ubatch(n_ctx: int, n_head: int, n_batch: int = 512) -> int:
+def flash_prompt_fits(n_ubatch: int, n_gqa: int, window: int) -> bool:
+    """Whether every prompt ubatch of ``n_ubatch`` tokens can take the flash-attention prompt.
+
+    Its scratch, ``2 * n_gqa * n_ubatch`` cells, must fit in the smallest window a ubatch read in
+    place has, ``window + 1`` cells (the rule ``patches/0008`` reserves the graph with).
+    """
+    return 2 * n_gqa * n_ubatch <= window + 1
+
+
+def exact_ubatch(n_ctx: int, n_head: int, n_batch: int = 512, *, n_gqa: int = 0, window: int = 0,
+                 flash_attn: bool = False) -> int:
     """The ``n_ubatch`` exact mode uses when the caller does not set one.
 
     Args:
         n_ctx: The context size.
         n_head: The model's query heads (0 when unknown: the score bound is then not applied).
         n_batch: The logical batch; a ubatch is never larger (llama.cpp's rule).
+        n_gqa: Query heads per KV head (0 when unknown: the flash-attention bound is not applied).
+        window: The neighbour window ``W``.
+        flash_attn: Whether flash attention is on.
 
     Returns:
-        :data:`EXACT_UBATCH`, halved while the score matrix would exceed :data:`SCORE_BUFFER_BYTES`,
-        never below :data:`MIN_UBATCH` nor above ``n_batch``.
+        :data:`EXACT_UBATCH`, halved while the score matrix would exceed :data:`SCORE_BUFFER_BYTES`
+        and, with flash attention on, while :func:`flash_prompt_fits` says no; never below
+        :data:`MIN_UBATCH` nor above ``n_batch``.
     """
+    def too_large(n: int) -> bool:
+        if n_head > 0 and score_buffer_bytes(n_ctx, n, n_head) > SCORE_BUFFER_BYTES:
+            return True
+        return flash_attn and n_gqa > 0 and window > 0 and not flash_prompt_fits(n, n_gqa, window)
+
     n_ubatch = EXACT_UBATCH
-    while n_head > 0 and n_ubatch > MIN_UBATCH and score_buffer_bytes(n_ctx, n_ubatch, n_head) > SCORE_BUFFER_BYTES:
+    while n_ubatch > MIN_UBATCH and too_large(n_ubatch):
         n_ubatch //= 2
     return max(1, min(n_ubatch, n_batch))

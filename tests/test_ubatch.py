@@ -6,7 +6,7 @@ import gguf
 import pytest
 
 from selfextend_gguf.gguf_info import read_model_info
-from selfextend_gguf.ubatch import SCORE_BUFFER_BYTES, exact_ubatch, score_buffer_bytes
+from selfextend_gguf.ubatch import SCORE_BUFFER_BYTES, exact_ubatch, flash_prompt_fits, score_buffer_bytes
 from tiny_models import write_tiny_model
 
 
@@ -26,6 +26,25 @@ from tiny_models import write_tiny_model
 ])
 def test_exact_ubatch(n_ctx, n_head, n_batch, expected):
     assert exact_ubatch(n_ctx, n_head, n_batch) == expected
+
+
+@pytest.mark.parametrize("n_ctx, n_head, n_gqa, window, flash_attn, expected", [
+    (16384, 9, 3, 1024, True, 128),     # SmolLM2: 768 scratch cells in a window of 1025
+    (16384, 4, 4, 1024, True, 128),     # Gemma 3 270M: 1024, exactly
+    (4096, 32, 8, 1024, True, 64),     # 8 query heads per KV head: 2048 cells at 128
+    (4096, 32, 8, 1024, False, 128),   # no flash attention: no scratch
+    (4096, 28, 7, 512, True, 32),      # 7 x 2 x 32 = 448 <= 513
+    (4096, 64, 16, 512, True, 32),     # never below 32, even where the prompt stays unfused
+    (65536, 9, 3, 1024, True, 32),      # the score bound still applies
+    (4096, 32, 0, 1024, True, 128),    # n_gqa unknown: no flash-attention bound
+])
+def test_exact_ubatch_with_flash_attention(n_ctx, n_head, n_gqa, window, flash_attn, expected):
+    assert exact_ubatch(n_ctx, n_head, 512, n_gqa=n_gqa, window=window, flash_attn=flash_attn) == expected
+
+
+def test_flash_prompt_fits_the_smallest_window():
+    assert flash_prompt_fits(128, 4, 1023) and not flash_prompt_fits(128, 4, 1022)
+    assert flash_prompt_fits(2, 2, 7) and not flash_prompt_fits(3, 2, 8)
 
 
 def test_score_buffer_bytes_is_one_layers_f32_score_matrix():
@@ -50,6 +69,29 @@ def test_model_info_reads_the_head_count(tmp_path, tiny_llama_path):
     # one count per layer (OpenELM's form): the largest
     assert read_model_info(_metadata_only(tmp_path / "per_layer.gguf", [3, 12, 6])).n_head == 12
     assert read_model_info(_metadata_only(tmp_path / "scalar.gguf", 7)).n_head == 7
+
+
+@pytest.mark.parametrize("heads, heads_kv, n_gqa", [
+    (4, 2, 2),
+    (9, 3, 3),
+    (7, None, 1),                    # no KV count: llama.cpp's default of one KV head per query head
+    ([3, 12, 6], [1, 3, 3], 4),      # per layer: the largest ratio
+    ([8, 0, 8], [2, 0, 4], 4),       # a layer without attention is skipped
+    (12, [3, 4, 6], 4),              # one query count, KV counts per layer
+    (9, 2, 0),                       # counts that do not divide: unknown
+    ([8, 8], [2, 2, 2], 0),          # lists of different lengths: unknown
+])
+def test_model_info_reads_the_query_heads_per_kv_head(tmp_path, heads, heads_kv, n_gqa):
+    w = gguf.GGUFWriter(str(tmp_path / "gqa.gguf"), "llama")
+    w.add_context_length(64)
+    w.add_head_count(heads)
+    if heads_kv is not None:
+        w.add_head_count_kv(heads_kv)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert read_model_info(tmp_path / "gqa.gguf").n_gqa == n_gqa
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +137,48 @@ def test_server_settings_leave_the_ubatch_to_long_llama(tiny_llama_path):
     assert loaded(mode="exact") == 128
     assert loaded(mode="exact", n_ubatch=64) == 64
     assert loaded(mode="shift") == 256  # llama.cpp's 512, at most n_batch (512, capped at n_ctx)
+
+
+@pytest.fixture(scope="module")
+def eight_per_kv_head(tmp_path_factory):
+    """Tiny llama with 8 query heads per KV head (16 on 2, head size 8), trained on 2048 tokens."""
+    return write_tiny_model(tmp_path_factory.mktemp("gqa8") / "gqa8.gguf", n_embd=128, n_head=16, n_head_kv=2,
+                            context_length=2048, seed=6)
+
+
+def test_long_llama_leaves_room_for_the_flash_attention_prompt(eight_per_kv_head):
+    kw = dict(mode="exact", n_ctx=4096, group_size=4)
+    assert _n_ubatch(eight_per_kv_head, window=1023, flash_attn=True, **kw) == 64  # 2 x 8 x 64 = 1024 cells
+    assert _n_ubatch(eight_per_kv_head, window=511, flash_attn=True, **kw) == 32
+    assert _n_ubatch(eight_per_kv_head, window=1023, **kw) == 128
+    assert _n_ubatch(eight_per_kv_head, window=1023, flash_attn=True, n_ubatch=128, **kw) == 128  # the caller's
+
+
+def test_the_rule_matches_the_graph(eight_per_kv_head):
+    """At the ubatch the rule picks, the prompt runs the flash-attention graph (whose log-sum-exp
+    has the only LOG node); at twice that ubatch, whose scratch the window cannot hold, it does not."""
+    import numpy as np
+
+    from graph_ops import collect_ops
+    from selfextend_gguf import load_llama_cpp
+
+    lc = load_llama_cpp()
+    window = 1023
+    n_ubatch = exact_ubatch(4096, 16, n_gqa=8, window=window, flash_attn=True)
+    assert n_ubatch == 64
+    toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 1280)]
+    llm = lc.Llama(model_path=str(eight_per_kv_head), n_ctx=64, vocab_only=True, verbose=False)  # the backend
+    model = lc.llama_model_load_from_file(str(eight_per_kv_head).encode(), lc.llama_model_default_params())
+    assert model
+    try:
+        def has_log(n: int) -> bool:
+            ops = collect_ops(lc, model, [toks], self_extend=(1, 4, window), n_ctx=2048, n_ubatch=n,
+                              type_k=1, type_v=1, flash_attn=True)
+            assert any(k[0] == "FLASH_ATTN_EXT" for k in ops)
+            return any(k[0] == "LOG" for k in ops)
+
+        assert has_log(n_ubatch)
+        assert not has_log(2 * n_ubatch)
+    finally:
+        lc.llama_model_free(model)
+        llm.close()
