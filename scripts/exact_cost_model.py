@@ -120,7 +120,8 @@ def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, in
 
 def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int]:
     """(stock, exact) multiply-adds of evaluating a prompt from position 0 with flash attention: a ubatch
-    whose window holds n_gqa * n scratch cells multiplies the window's V once more; others are unfused."""
+    whose window holds 2 * n_gqa * n scratch cells (two per query and query head of a KV head) multiplies
+    the window's V once more; others are unfused."""
     stock, exact = 0, 0
     n_gqa = s.n_head // s.n_head_kv
     per_key = s.n_layer * s.n_head
@@ -129,7 +130,7 @@ def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int,
         stock += st
         exact += ex
         n_win = ubatch_window(p, n, w)
-        if ex > st and n_gqa * n <= n_win:
+        if ex > st and 2 * n_gqa * n <= n_win:
             exact += n * per_key * s.head_dim_v * n_win
     return stock, exact
 

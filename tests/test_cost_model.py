@@ -62,7 +62,8 @@ def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
 
 def test_prompt_count_with_flash_attention(cm):
     s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
-    # the ubatch of 8 queries at 100..107, W = 40: window 60..107 (48 cells), 2 x 8 = 16 scratch cells fit;
+    # the ubatch of 8 queries at 100..107, W = 40: window 60..107 (48 cells), 2 x 2 x 8 = 32 scratch cells
+    # fit (two per query and query head of a KV head);
     # flash attention adds the window's product with V to the unfused count
     stock, exact, _ = cm.prompt_macs(s, 112, 8, 40)
     stock_fa, exact_fa = cm.prompt_macs_fa(s, 112, 8, 40)
@@ -70,8 +71,13 @@ def test_prompt_count_with_flash_attention(cm):
     assert cm.ubatch_window(100, 8, 40) == 48 and cm.ubatch_window(32, 8, 40) == 0
     # the ubatches at 40, 48, ..., 104: 9 windows of 48 cells (the first from 0: 48 too)
     assert exact_fa - exact == 8 * 2 * 4 * 8 * 48 * 9
-    # W = 4: a window of 4 + 8 (+ 4 leaving) cells cannot hold 16 scratch cells: unfused, no extra
+    # W = 4: a window of 4 + 8 (+ 4 leaving) cells cannot hold 32 scratch cells: unfused, no extra
     assert cm.prompt_macs_fa(s, 112, 8, 4)[1] == cm.prompt_macs(s, 112, 8, 4)[1]
+    # W = 20: windows of 28 cells hold one scratch cell per query and head but not two: unfused;
+    # W = 24: windows of 32 cells hold both
+    assert cm.ubatch_window(100, 8, 20) == 28 and cm.ubatch_window(100, 8, 24) == 32
+    assert cm.prompt_macs_fa(s, 112, 8, 20)[1] == cm.prompt_macs(s, 112, 8, 20)[1]
+    assert cm.prompt_macs_fa(s, 112, 8, 24)[1] > cm.prompt_macs(s, 112, 8, 24)[1]
 
 
 def test_decode_count(cm):
