@@ -13,8 +13,8 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
 - decoding: the W neighbours against the exact query and the one key that leaves the window
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
   scattered into the row of the cache, so V is multiplied once;
-- prompt ubatches with flash attention (patches/0008), when the window holds a scratch cell per query
-  and query head of a KV head: the window is scored and multiplied with its V unfused (its keys
+- prompt ubatches with flash attention (patches/0008), when the window holds two scratch cells per
+  query and query head of a KV head: the window is scored and multiplied with its V unfused (its keys
   against the exact queries, the keys that leave the window against the grouped ones, and the
   window's V once more), then one flash attention reads the whole cache with the window's output
   in scratch cells in place: the stock pass, plus the window's own product with V;
@@ -122,6 +122,8 @@ def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int,
     """(stock, exact) multiply-adds of evaluating a prompt from position 0 with flash attention: a ubatch
     whose window holds 2 * n_gqa * n scratch cells (two per query and query head of a KV head) multiplies
     the window's V once more; others are unfused."""
+    from selfextend_gguf.ubatch import flash_prompt_scratch
+
     stock, exact = 0, 0
     n_gqa = s.n_head // s.n_head_kv
     per_key = s.n_layer * s.n_head
@@ -130,7 +132,7 @@ def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int,
         stock += st
         exact += ex
         n_win = ubatch_window(p, n, w)
-        if ex > st and 2 * n_gqa * n <= n_win:
+        if ex > st and flash_prompt_scratch(n, n_gqa) <= n_win:
             exact += n * per_key * s.head_dim_v * n_win
     return stock, exact
 

@@ -32,13 +32,19 @@ def score_buffer_bytes(n_ctx: int, n_ubatch: int, n_head: int) -> int:
     return 4 * n_ctx * n_ubatch * n_head
 
 
+def flash_prompt_scratch(n_ubatch: int, n_gqa: int) -> int:
+    """Window cells the flash-attention prompt of ``patches/0008`` writes its scratch into: two per
+    query and query head of a KV head (the window's weight split so that an F16 mask holds it)."""
+    return 2 * n_gqa * n_ubatch
+
+
 def flash_prompt_fits(n_ubatch: int, n_gqa: int, window: int) -> bool:
     """Whether every prompt ubatch of ``n_ubatch`` tokens can take the flash-attention prompt.
 
-    Its scratch, ``2 * n_gqa * n_ubatch`` cells, must fit in the smallest window a ubatch read in
-    place has, ``window + 1`` cells (the rule ``patches/0008`` reserves the graph with).
+    Its scratch must fit in the smallest window a ubatch read in place has, ``window + 1`` cells
+    (the rule ``patches/0008`` reserves the graph with).
     """
-    return 2 * n_gqa * n_ubatch <= window + 1
+    return flash_prompt_scratch(n_ubatch, n_gqa) <= window + 1
 
 
 def exact_ubatch(n_ctx: int, n_head: int, n_batch: int = 512, *, n_gqa: int = 0, window: int = 0,

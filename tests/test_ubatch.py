@@ -53,10 +53,12 @@ def test_score_buffer_bytes_is_one_layers_f32_score_matrix():
     assert score_buffer_bytes(16384, 128, 16) == SCORE_BUFFER_BYTES
 
 
-def _metadata_only(path, head_count):
+def _metadata_only(path, head_count, head_count_kv=None):
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(64)
     w.add_head_count(head_count)
+    if head_count_kv is not None:
+        w.add_head_count_kv(head_count_kv)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -82,16 +84,7 @@ def test_model_info_reads_the_head_count(tmp_path, tiny_llama_path):
     ([8, 8], [2, 2, 2], 0),          # lists of different lengths: unknown
 ])
 def test_model_info_reads_the_query_heads_per_kv_head(tmp_path, heads, heads_kv, n_gqa):
-    w = gguf.GGUFWriter(str(tmp_path / "gqa.gguf"), "llama")
-    w.add_context_length(64)
-    w.add_head_count(heads)
-    if heads_kv is not None:
-        w.add_head_count_kv(heads_kv)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    assert read_model_info(tmp_path / "gqa.gguf").n_gqa == n_gqa
+    assert read_model_info(_metadata_only(tmp_path / "gqa.gguf", heads, heads_kv)).n_gqa == n_gqa
 
 
 @pytest.fixture(scope="module")
