@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,34 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_models import write_tiny_model  # noqa: E402
+
+#: layers that every model the tests open offloads to a GPU backend (SELFEXTEND_TEST_N_GPU_LAYERS,
+#: e.g. -1 for all), for a library built with one (scripts/gpu_check.sh). Unset, the tests run on the
+#: CPU, as CI does. Set, the same assertions (the oracle bounds among them) check the GPU's kernels.
+TEST_N_GPU_LAYERS = os.environ.get("SELFEXTEND_TEST_N_GPU_LAYERS")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offload_to_gpu():
+    """With SELFEXTEND_TEST_N_GPU_LAYERS set, make it the default ``n_gpu_layers`` of every
+    ``llama_cpp.Llama`` (LongLlama included) that a test opens without choosing one."""
+    if not TEST_N_GPU_LAYERS:
+        yield
+        return
+    from selfextend_gguf import load_llama_cpp
+
+    llama = load_llama_cpp().Llama
+    original = llama.__init__
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("n_gpu_layers", int(TEST_N_GPU_LAYERS))
+        original(self, *args, **kwargs)
+
+    llama.__init__ = __init__
+    try:
+        yield
+    finally:
+        llama.__init__ = original
 
 
 @pytest.fixture(scope="session")

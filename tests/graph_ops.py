@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
 
 OpKey = Tuple[str, str, Optional[str], Optional[str]]
 
@@ -61,6 +61,8 @@ def _ggml_base(lib_dir: str) -> ctypes.CDLL:
     lib.ggml_op_desc.argtypes = [ctypes.c_void_p]
     lib.ggml_type_name.restype = ctypes.c_char_p
     lib.ggml_type_name.argtypes = [ctypes.c_int]
+    lib.ggml_backend_buffer_name.restype = ctypes.c_char_p
+    lib.ggml_backend_buffer_name.argtypes = [ctypes.c_void_p]
     return lib
 
 
@@ -75,13 +77,16 @@ def collect_ops(
     type_k: int = 0,
     type_v: int = 0,
     flash_attn: bool = False,
+    placement: Optional[Dict[OpKey, Set[str]]] = None,
     **ctx_params,
 ) -> Set[OpKey]:
     """Decode ``batches`` (token lists, one llama_decode each, sequence 0, consecutive positions)
     on a new context of ``model`` (a llama_model pointer) with ``llama_set_self_extend(*self_extend)``
     and return the set of node keys ``(op, type, src0 type, src1 type)`` computed on the way.
 
-    Extra ``ctx_params`` are set on ``llama_context_params`` (e.g. ``rope_scaling_type``)."""
+    Extra ``ctx_params`` are set on ``llama_context_params`` (e.g. ``rope_scaling_type``).
+    ``placement``, when given, receives for each key the names of the buffers its nodes were
+    computed in (``ggml_backend_buffer_name``: "CPU", "CUDA0", ...), i.e. the backends that ran it."""
     base = _ggml_base(str(Path(lc.llama_cpp._base_path)))
     seen: Set[OpKey] = set()
 
@@ -92,7 +97,10 @@ def collect_ops(
     def callback(t, ask, user_data):  # noqa: ARG001
         if ask:
             x = GgmlTensor.from_address(t)
-            seen.add((base.ggml_op_desc(t).decode(), tname(t), tname(x.src[0]), tname(x.src[1])))
+            key = (base.ggml_op_desc(t).decode(), tname(t), tname(x.src[0]), tname(x.src[1]))
+            seen.add(key)
+            if placement is not None and x.buffer:
+                placement.setdefault(key, set()).add(base.ggml_backend_buffer_name(x.buffer).decode())
         return False
 
     p = lc.llama_context_default_params()

@@ -105,7 +105,8 @@ CONFIGS = [
     ("llama_scaled", "f32"),
     ("llama_scaled", "yarn"),
     *[("llama_hd32", c) for c in ("q8_0 K", "q4_0 flash")],
-    *[("qwen2_hd64", c) for c in ("f16", "q8_0 K", "q8_0 flash", "q4_0 flash")],
+    # head_dim 64, which CUDA's flash attention supports (16 and 32 it leaves to the CPU)
+    *[("qwen2_hd64", c) for c in ("f16", "f16 flash", "f16 flash prompt", "q8_0 K", "q8_0 flash", "q4_0 flash")],
     *[("gemma3_iswa", c) for c in ("f32", "f16 flash", "f16 flash prompt", "q8_0 flash")],
 ]
 
@@ -128,8 +129,9 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
     try:
         n_ubatch = 2 if cache == "f16 flash prompt" else 64
         kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=n_ubatch, **extra)
-        exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, **kw)
-        stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, **kw)
+        placed_exact, placed_stock = {}, {}
+        exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, placement=placed_exact, **kw)
+        stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, placement=placed_stock, **kw)
         if fa and type_k in (F32, F16):
             # prompt ubatches of 64 tokens are unfused (a window of W + 64 cells cannot hold two scratch cells
             # per query and query head); ubatches of 2 run flash attention with the window's output in scratch
@@ -152,6 +154,22 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
     assert not missing, (
         f"exact mode computes ops that docs/backend-audit.md does not list (check the CPU, CUDA and Metal "
         f"supports_op for them and add rows):\n{format_keys(missing)}")
+    if any(_on_gpu(names) for names in placed_stock.values()):
+        # a GPU build (the model loads with llama.cpp's default: every layer offloaded): every op exact mode
+        # runs on the GPU where the stock graph does; one the GPU backend refused would run on the CPU
+        left = _cpu_only(placed_exact) - _cpu_only(placed_stock)
+        print(f"[audit] {model} {cache}: {sum(map(_on_gpu, placed_exact.values()))} of {len(placed_exact)} "
+              f"node kinds on the GPU; the stock graph leaves these to the CPU:\n{format_keys(_cpu_only(placed_stock))}")
+        assert not left, f"exact mode runs these ops on the CPU, not the GPU:\n{format_keys(left)}"
+
+
+def _on_gpu(buffers: set) -> bool:
+    """Whether a node ran in a GPU backend's buffer (not "CPU", nor a GPU's pinned host buffer "*_Host")."""
+    return any(b != "CPU" and not b.endswith("_Host") for b in buffers)
+
+
+def _cpu_only(placed: dict) -> set:
+    return {k for k, buffers in placed.items() if not _on_gpu(buffers)}
 
 
 def test_cpu_backend_is_built_without_amx():

@@ -23,6 +23,7 @@ Tokenizer: llama.cpp aborts when a byte cannot be mapped to a token, so every vo
 
 from __future__ import annotations
 
+import itertools
 import string
 from pathlib import Path
 from typing import Sequence
@@ -69,6 +70,11 @@ def _spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     extras += ["▁" + c for c in string.ascii_lowercase]
     extras += [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]
     need = n_vocab - len(tokens)
+    # a model of a real vocabulary's size (the GPU bench's): longer words, "▁aaa", "▁aab", ... as needed
+    for size in range(3, 5):
+        if need <= len(extras):
+            break
+        extras += ["▁" + "".join(w) for w in itertools.product(string.ascii_lowercase, repeat=size)]
     if need > len(extras):
         raise ValueError(f"n_vocab={n_vocab} too large for the tiny spm vocabulary")
     tokens += extras[:need]
