@@ -157,9 +157,10 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
     if any(_on_gpu(names) for names in placed_stock.values()):
         # a GPU build (the model loads with llama.cpp's default: every layer offloaded): every op exact mode
         # runs on the GPU where the stock graph does; one the GPU backend refused would run on the CPU
-        left = _cpu_only(placed_exact) - _cpu_only(placed_stock)
+        stock_on_cpu = _cpu_only(placed_stock)
+        left = _cpu_only(placed_exact) - stock_on_cpu
         print(f"[audit] {model} {cache}: {sum(map(_on_gpu, placed_exact.values()))} of {len(placed_exact)} "
-              f"node kinds on the GPU; the stock graph leaves these to the CPU:\n{format_keys(_cpu_only(placed_stock))}")
+              f"node kinds on the GPU; the stock graph leaves these to the CPU:\n{format_keys(stock_on_cpu)}")
         assert not left, f"exact mode runs these ops on the CPU, not the GPU:\n{format_keys(left)}"
 
 
