@@ -155,6 +155,7 @@ def test_bench_miniature(tiny128, tmp_path, capsys):
     trials, rows = report["rows"], report["summary"]
     assert len(trials) == 12 and sorted({t["trial"] for t in trials}) == [0, 1]
     assert len(rows) == 6 and all(r["trials"] == 2 for r in rows)
+    assert report["settings"]["decode_passes"] == 3 and all(t["decode_passes"] == 3 for t in trials)
     for r in trials:
         for key in ("prompt_tps", "decode_tps", "kv_mib", "compute_mib", "peak_rss_mib"):
             assert r[key] > 0, (key, r)
@@ -169,6 +170,42 @@ def test_bench_miniature(tiny128, tmp_path, capsys):
         assert len({r["kv_mib"] for r in rows if r["n_ctx"] == n}) == 1
     assert {r["setting"] for r in rows if r["n_ctx"] == 256 and r["method"] == "exact"} == {"G=4 W=16 (auto)"}
     _assert_png(out_dir / "bench.png")
+
+
+@pytest.mark.parametrize("label, flash_attn", [("none", False), ("shift@G4W16", False), ("exact@G4W16", False),
+                                               ("exact@G4W16", True)])
+def test_decode_passes_restart_from_the_same_cache(tiny128, label, flash_attn):
+    """Each timed decode pass starts from the prompt's cache: its last logits equal those of a fresh
+    model that evaluated the prompt and decoded the same tokens. The 24 decoded tokens cross a block of shift mode and
+    move keys out of exact mode's window, which the next pass must take back."""
+    import numpy as np
+
+    from selfextend_gguf.evaluate.bench import decode_passes, last_logits
+    from selfextend_gguf.evaluate.methods import parse_method, resolve_all
+
+    (method,) = resolve_all([parse_method(label)], 256, 128)
+    kwargs = dict(n_threads=1, n_threads_batch=1, verbose=False, flash_attn=flash_attn)
+    rng = np.random.default_rng(3)
+    prompt, decoded = rng.integers(3, 200, size=200).tolist(), rng.integers(3, 200, size=24).tolist()
+
+    fresh = method.build(tiny128, **kwargs)
+    fresh.eval(prompt)
+    for t in decoded:  # one at a time, as the passes decode (exact mode's decode graph differs from a prompt's)
+        fresh.eval([t])
+    want = last_logits(fresh)
+    fresh.close()
+
+    llm = method.build(tiny128, **kwargs)
+    llm.eval(prompt)
+    seconds, logits = decode_passes(llm, decoded, decode_passes=3)
+    llm.close()
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    scale = np.abs(want).max()
+    assert scale > 0
+    for got in logits:
+        assert np.abs(got - want).max() <= 1e-3 * scale
+    with pytest.raises(ValueError, match="decode_passes must be >= 1"):
+        decode_passes(llm, decoded, decode_passes=0)
 
 
 def test_missing_matplotlib_still_writes_json(tiny128, tmp_path, capsys, monkeypatch):

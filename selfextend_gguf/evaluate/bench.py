@@ -2,8 +2,10 @@
 
 For each ``n_ctx`` and method it loads the model, evaluates a prompt that fills the context
 (random tokens: the cost does not depend on the content) minus ``decode + 8`` tokens, then
-decodes ``decode`` tokens one at a time as generation does. It reports prompt and decode
-tokens/s, the KV cache and compute buffer sizes that llama.cpp allocates (read from its log,
+decodes ``decode`` tokens one at a time as generation does. The decode is timed ``decode_passes``
+times from the same cache (:func:`decode_passes`): a pass costs seconds where the prompt costs
+minutes, and its speed varies with the machine's load as much as the prompt's. It reports prompt
+and decode tokens/s, the KV cache and compute buffer sizes that llama.cpp allocates (read from its log,
 the only place it reports them), the process's peak resident memory during the run, and the
 ratios to the ``none`` method (the unmodified model) at the same ``n_ctx``. With ``repeat > 1``
 every (method, n_ctx) runs several times, interleaved, and the table shows medians: on a
@@ -91,8 +93,49 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
-    """Measure one (method, n_ctx): build, evaluate the prompt, decode; one row."""
+def last_logits(llm: Any) -> np.ndarray:
+    """A copy of the logits of the last token ``llm`` evaluated (``Llama.scores`` keeps them only
+    with ``logits_all``)."""
+    from .. import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
+def decode_passes(llm: Any, tokens: Sequence[int], *, decode_passes: int = 1) -> Tuple[List[float], List[np.ndarray]]:
+    """Seconds of each pass that decodes ``tokens`` one at a time after the cached prompt, and the
+    logits of each pass's last token.
+
+    Between passes the decoded tokens are removed from the cache, and the prompt's last token is
+    evaluated again, untimed: a removal that reaches back into exact mode's window is caught up
+    by a K-shift at the next evaluation, and shift mode re-evaluates back to its block's start,
+    neither of which is the decode's cost. Every pass then starts from the same cache, so equal
+    logits across passes show that the cache was restored.
+    """
+    if decode_passes < 1:
+        raise ValueError(f"decode_passes must be >= 1, got {decode_passes}")
+    n_prompt = llm.n_tokens
+    if n_prompt < 1:
+        raise ValueError("decode_passes needs a cached prompt of at least one token")
+    last = int(llm.input_ids[n_prompt - 1])
+    seconds, logits = [], []
+    for i in range(decode_passes):
+        if i:
+            llm.n_tokens = n_prompt - 1
+            llm.eval([last])
+        t0 = time.perf_counter()
+        for t in tokens:  # one token at a time, as generation does
+            llm.eval([t])
+        seconds.append(time.perf_counter() - t0)
+        logits.append(last_logits(llm))
+    return seconds, logits
+
+
+def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, Any], seed: int = 0,
+            n_passes: int = 1) -> Dict[str, Any]:
+    """Measure one (method, n_ctx): build, evaluate the prompt, decode ``n_passes`` times; one row
+    whose decode time is the median pass."""
     n_ctx = method.n_ctx
     n_prompt = n_ctx - decode - 8
     if n_prompt < 1:
@@ -109,10 +152,8 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
             t_prompt = time.perf_counter() - t0
             # after the first decode: its reservation is in the log too
             kv, compute_reserved = buffer_sizes("".join(log))
-            t0 = time.perf_counter()
-            for t in tokens[n_prompt:]:  # one token at a time, as generation does
-                llm.eval([t])
-            t_decode = time.perf_counter() - t0
+            passes = decode_passes(llm, tokens[n_prompt:], decode_passes=n_passes)[0]
+            t_decode = float(np.median(passes))
             rss = peak_rss_mib()
         finally:
             del log[:]
@@ -121,19 +162,20 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
         _, compute_final = buffer_sizes("".join(log))
     return {"method": method.label, "kind": method.kind, "setting": method.setting, "n_ctx": n_ctx,
             "flash_attn": bool(llama_kwargs.get("flash_attn", False)), "n_ubatch": n_ubatch,
-            "prompt_tokens": n_prompt, "decode_tokens": decode, "prompt_seconds": t_prompt,
+            "prompt_tokens": n_prompt, "decode_tokens": decode, "decode_passes": len(passes), "prompt_seconds": t_prompt,
             "decode_seconds": t_decode, "prompt_tps": n_prompt / t_prompt, "decode_tps": decode / t_decode if decode else None,
             "kv_mib": kv, "compute_mib": max(compute_reserved, compute_final), "peak_rss_mib": rss,
             "rss_scope": "run" if per_run else "process"}
 
 
 def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: Sequence[int], decode: int,
-        llama_kwargs: Dict[str, Any], repeat: int = 1, flash_attn: Sequence[bool] = (False,), progress: Any = None,
+        llama_kwargs: Dict[str, Any], repeat: int = 1, decode_passes: int = 1, flash_attn: Sequence[bool] = (False,),
+        progress: Any = None,
         skip: Callable[[str, int, int, bool], bool] = lambda label, n_ctx, trial, fa: False,
         on_unit: Callable[[Dict[str, Any], Method], None] = lambda row, method: None,
         ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """``(trials, summary)``: every method at every ``n_ctx`` in ``lengths``, with each of the
-    ``flash_attn`` settings, ``repeat`` times.
+    ``flash_attn`` settings, ``repeat`` times, each timing its decode ``decode_passes`` times.
 
     Trials are interleaved (all methods once, then all again) so that a burst of load from
     other processes hits every method alike; ``summary`` has one row per (n_ctx, flash_attn,
@@ -142,8 +184,8 @@ def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: S
     runs. ``on_unit(row, method)`` gets each run as soon as it is done; runs that
     ``skip(label, n_ctx, trial, flash_attn)`` accepts are not repeated.
     """
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if repeat < 1 or decode_passes < 1:
+        raise ValueError(f"repeat and decode_passes must be >= 1, got {repeat} and {decode_passes}")
     if not flash_attn:
         raise ValueError("flash_attn needs at least one setting")
     resolved = {n: resolve_all(specs, n, n_ctx_train) for n in sorted(lengths)}
@@ -154,7 +196,7 @@ def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: S
                 for method in methods:
                     if not skip(method.label, method.n_ctx, trial, fa):
                         kwargs = {**llama_kwargs, "flash_attn": fa}
-                        row = {**run_one(model, method, decode=decode, llama_kwargs=kwargs), "trial": trial}
+                        row = {**run_one(model, method, decode=decode, llama_kwargs=kwargs, n_passes=decode_passes), "trial": trial}
                         trials.append(row)
                         on_unit(row, method)
                     if progress is not None:

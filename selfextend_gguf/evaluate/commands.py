@@ -102,6 +102,9 @@ def add_subcommands(sub: Any) -> None:
                                                            "(default: %(default)s)")
     bn.add_argument("--repeat", type=int, default=1, help="runs of each (method, n_ctx), interleaved; the table "
                                                            "shows medians (default: %(default)s)")
+    bn.add_argument("--decode-passes", type=int, default=3,
+                    help="times each run decodes its tokens from the same cached prompt; its decode speed is "
+                         "the median pass (default: %(default)s)")
     bn.set_defaults(func=cmd_bench, _parser=bn)
 
 
@@ -155,8 +158,9 @@ class _Run:
 
 
 #: the value of an option that a report written before the option existed was measured with
-#: (``n_ubatch``: the ``--n-batch`` value, so such a bench report is not resumed with another one)
-_COMPAT_DEFAULTS = {"flash_attn": "off", "n_ubatch": "n_batch"}
+#: (``n_ubatch``: the ``--n-batch`` value, so such a bench report is not resumed with another one;
+#: ``decode_passes``: one, the only decode a bench report timed before the option)
+_COMPAT_DEFAULTS = {"flash_attn": "off", "n_ubatch": "n_batch", "decode_passes": 1}
 
 
 class _Store:
@@ -352,11 +356,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run = _Run(args, lambda L: [L, 2 * L])
     run.announce(run.lengths)
     fa = _flash_attn(args)
-    store = run.store("bench", dict(decode=args.decode, n_batch=args.n_batch, n_ubatch=args.n_ubatch,
-                                    flash_attn=args.flash_attn), bn.summarize)
+    store = run.store("bench", dict(decode=args.decode, decode_passes=args.decode_passes, n_batch=args.n_batch,
+                                    n_ubatch=args.n_ubatch, flash_attn=args.flash_attn), bn.summarize)
     with run.progress(len(run.specs) * len(run.lengths) * args.repeat * len(fa), "run") as bar:
         bn.run(run.model, run.specs, run.n_ctx_train, lengths=run.lengths, decode=args.decode,
-               llama_kwargs=run.llama_kwargs, repeat=args.repeat, flash_attn=fa, progress=bar,
+               llama_kwargs=run.llama_kwargs, repeat=args.repeat, decode_passes=args.decode_passes,
+               flash_attn=fa, progress=bar,
                skip=lambda label, n_ctx, trial, fa: store.has(label, n_ctx, trial, fa,
                                                               fields=("method", "n_ctx", "trial", "flash_attn")),
                on_unit=lambda row, method: store.add([row], method=method))
