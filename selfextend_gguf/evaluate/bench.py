@@ -162,7 +162,8 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
         _, compute_final = buffer_sizes("".join(log))
     return {"method": method.label, "kind": method.kind, "setting": method.setting, "n_ctx": n_ctx,
             "flash_attn": bool(llama_kwargs.get("flash_attn", False)), "n_ubatch": n_ubatch,
-            "prompt_tokens": n_prompt, "decode_tokens": decode, "decode_passes": len(passes), "prompt_seconds": t_prompt,
+            "prompt_tokens": n_prompt, "decode_tokens": decode, "decode_passes": len(passes),
+            "decode_pass_seconds": passes, "prompt_seconds": t_prompt,
             "decode_seconds": t_decode, "prompt_tps": n_prompt / t_prompt, "decode_tps": decode / t_decode if decode else None,
             "kv_mib": kv, "compute_mib": max(compute_reserved, compute_final), "peak_rss_mib": rss,
             "rss_scope": "run" if per_run else "process"}
@@ -213,7 +214,7 @@ def summarize(trials: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         groups.setdefault((t["n_ctx"], t["flash_attn"], t["method"]), []).append(t)
     rows = []
     for group in groups.values():
-        row = {k: v for k, v in group[0].items() if k != "trial"}
+        row = {k: v for k, v in group[0].items() if k not in ("trial", "decode_pass_seconds")}  # one trial's
         for key in ("prompt_seconds", "decode_seconds", "prompt_tps", "decode_tps"):
             values = [t[key] for t in group if t[key] is not None]
             row[key] = float(np.median(values)) if values else None
