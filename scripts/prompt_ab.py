@@ -30,9 +30,11 @@ import json, sys, time
 import numpy as np
 from selfextend_gguf import default_model_path
 from selfextend_gguf.evaluate.methods import parse_method, resolve_all
+from selfextend_gguf.gguf_info import read_model_info
 label, n_ctx, threads, fa = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "on"
-(method,) = resolve_all([parse_method(label)], n_ctx, 8192)
-llm = method.build(str(default_model_path()), flash_attn=fa, n_threads=threads, n_threads_batch=threads, verbose=False)
+model = str(default_model_path())
+(method,) = resolve_all([parse_method(label)], n_ctx, read_model_info(model).n_ctx_train)
+llm = method.build(model, flash_attn=fa, n_threads=threads, n_threads_batch=threads, verbose=False)
 tokens = [int(t) for t in np.random.default_rng(0).integers(100, llm.n_vocab() - 1, size=n_ctx - 40)]
 t0 = time.perf_counter()
 llm.eval(tokens)

@@ -183,7 +183,7 @@ def test_decode_passes_restart_from_the_same_cache(tiny128, label, flash_attn):
     move keys out of exact mode's window, which the next pass must take back."""
     import numpy as np
 
-    from selfextend_gguf.evaluate.bench import decode_passes, last_logits
+    from selfextend_gguf.evaluate.bench import last_logits, time_decode_passes
     from selfextend_gguf.evaluate.methods import parse_method, resolve_all
 
     (method,) = resolve_all([parse_method(label)], 256, 128)
@@ -200,7 +200,7 @@ def test_decode_passes_restart_from_the_same_cache(tiny128, label, flash_attn):
 
     llm = method.build(tiny128, **kwargs)
     llm.eval(prompt)
-    seconds, logits = decode_passes(llm, decoded, decode_passes=3)
+    seconds, logits = time_decode_passes(llm, decoded, passes=3)
     llm.close()
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
     scale = np.abs(want).max()
@@ -208,7 +208,7 @@ def test_decode_passes_restart_from_the_same_cache(tiny128, label, flash_attn):
     for got in logits:
         assert np.abs(got - want).max() <= 1e-3 * scale
     with pytest.raises(ValueError, match="decode_passes must be >= 1"):
-        decode_passes(llm, decoded, decode_passes=0)
+        time_decode_passes(llm, decoded, passes=0)
 
 
 def test_missing_matplotlib_still_writes_json(tiny128, tmp_path, capsys, monkeypatch):

@@ -3,7 +3,7 @@
 For each ``n_ctx`` and method it loads the model, evaluates a prompt that fills the context
 (random tokens: the cost does not depend on the content) minus ``decode + 8`` tokens, then
 decodes ``decode`` tokens one at a time as generation does. The decode is timed ``decode_passes``
-times from the same cache (:func:`decode_passes`): a pass costs seconds where the prompt costs
+times from the same cache (:func:`time_decode_passes`): a pass costs seconds where the prompt costs
 minutes, and its speed varies with the machine's load as much as the prompt's. It reports prompt
 and decode tokens/s, the KV cache and compute buffer sizes that llama.cpp allocates (read from its log,
 the only place it reports them), the process's peak resident memory during the run, and the
@@ -103,7 +103,7 @@ def last_logits(llm: Any) -> np.ndarray:
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 
-def decode_passes(llm: Any, tokens: Sequence[int], *, decode_passes: int = 1) -> Tuple[List[float], List[np.ndarray]]:
+def time_decode_passes(llm: Any, tokens: Sequence[int], *, passes: int = 1) -> Tuple[List[float], List[np.ndarray]]:
     """Seconds of each pass that decodes ``tokens`` one at a time after the cached prompt, and the
     logits of each pass's last token.
 
@@ -113,14 +113,14 @@ def decode_passes(llm: Any, tokens: Sequence[int], *, decode_passes: int = 1) ->
     neither of which is the decode's cost. Every pass then starts from the same cache, so equal
     logits across passes show that the cache was restored.
     """
-    if decode_passes < 1:
-        raise ValueError(f"decode_passes must be >= 1, got {decode_passes}")
+    if passes < 1:
+        raise ValueError(f"decode_passes must be >= 1, got {passes}")
     n_prompt = llm.n_tokens
     if n_prompt < 1:
         raise ValueError("decode_passes needs a cached prompt of at least one token")
     last = int(llm.input_ids[n_prompt - 1])
     seconds, logits = [], []
-    for i in range(decode_passes):
+    for i in range(passes):
         if i:
             llm.n_tokens = n_prompt - 1
             llm.eval([last])
@@ -133,8 +133,8 @@ def decode_passes(llm: Any, tokens: Sequence[int], *, decode_passes: int = 1) ->
 
 
 def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, Any], seed: int = 0,
-            n_passes: int = 1) -> Dict[str, Any]:
-    """Measure one (method, n_ctx): build, evaluate the prompt, decode ``n_passes`` times; one row
+            decode_passes: int = 1) -> Dict[str, Any]:
+    """Measure one (method, n_ctx): build, evaluate the prompt, decode ``decode_passes`` times; one row
     whose decode time is the median pass."""
     n_ctx = method.n_ctx
     n_prompt = n_ctx - decode - 8
@@ -152,7 +152,7 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
             t_prompt = time.perf_counter() - t0
             # after the first decode: its reservation is in the log too
             kv, compute_reserved = buffer_sizes("".join(log))
-            passes = decode_passes(llm, tokens[n_prompt:], decode_passes=n_passes)[0]
+            passes = time_decode_passes(llm, tokens[n_prompt:], passes=decode_passes)[0]
             t_decode = float(np.median(passes))
             rss = peak_rss_mib()
         finally:
@@ -197,7 +197,7 @@ def run(model: str, specs: Sequence[MethodSpec], n_ctx_train: int, *, lengths: S
                 for method in methods:
                     if not skip(method.label, method.n_ctx, trial, fa):
                         kwargs = {**llama_kwargs, "flash_attn": fa}
-                        row = {**run_one(model, method, decode=decode, llama_kwargs=kwargs, n_passes=decode_passes), "trial": trial}
+                        row = {**run_one(model, method, decode=decode, llama_kwargs=kwargs, decode_passes=decode_passes), "trial": trial}
                         trials.append(row)
                         on_unit(row, method)
                     if progress is not None:
