@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Prompt throughput of several methods on one prompt, chunk by chunk in turn, in one process.
+
+``selfextend-gguf bench`` evaluates each method's whole prompt in turn: at 32k tokens that is 12
+minutes per method on 2 cores, and a shared machine's speed drifts by 10-15% over such spans (the
+same stock prompt has taken 690 s in one run and 954 s in another). So a ratio between two
+sequential runs carries that drift. Here every method has its own context, all in one process, and
+the prompt is fed to them in chunks, in rotating order: each chunk's ratios come from timings a few
+seconds apart, and the per-chunk rows show how the ratio changes with the position in the context.
+
+The contexts are independent (:func:`interleave` checks nothing is shared); the last token's logits
+of each are returned so a caller can compare them with a run of that method alone.
+
+Usage::
+
+    .venv/bin/python scripts/prompt_interleaved.py --n-ctx 32768 --chunk 2048 \\
+        --methods none exact@G8W1024 exact@G8W1024:128 --flash-attn off --out /tmp/ab32.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def build(model: str, labels: Sequence[str], n_ctx: int, n_ctx_train: int, *, flash_attn: bool, threads: int,
+          n_ubatch: Optional[int] = None, **llama_kwargs: Any) -> Dict[str, Any]:
+    """One fresh model instance per method label, each with its own context of ``n_ctx``;
+    ``llama_kwargs`` go to every instance.
+
+    A label is a method as ``selfextend-gguf bench`` takes it, optionally with its own physical
+    batch after a colon (``exact@G8W1024:128``); ``n_ubatch`` sets the others'.
+    """
+    from selfextend_gguf.evaluate.methods import parse_method, resolve_all
+
+    names, ubatches = [], []
+    for label in labels:
+        name, sep, ub = label.partition(":")
+        if sep and not ub.isdigit():
+            raise ValueError(f"{label!r}: give the physical batch as METHOD:N, e.g. exact@G8W1024:128")
+        names.append(name)
+        ubatches.append(int(ub) if sep else n_ubatch)
+    methods = resolve_all([parse_method(name) for name in names], n_ctx, n_ctx_train)
+    kwargs: Dict[str, Any] = {"flash_attn": flash_attn, "n_threads": threads, "n_threads_batch": threads,
+                              "verbose": False, **llama_kwargs}
+    llms = {}
+    for label, method, ub in zip(labels, methods, ubatches):
+        llms[label] = method.build(model, **kwargs, **({"n_ubatch": ub} if ub else {}))
+    return llms
+
+
+def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
+               n_chunks: Optional[int] = None) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
+    """Evaluate ``tokens`` in every model, ``chunk`` tokens at a time, the models in rotating order.
+
+    Returns one row per chunk (``c0``, ``n`` and each label's seconds) and each model's last logits.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    labels = list(llms)
+    for label, llm in llms.items():
+        if llm.n_tokens:
+            raise ValueError(f"{label}: the context already holds {llm.n_tokens} tokens; give fresh instances")
+    rows = []
+    starts = range(0, len(tokens), chunk)
+    for i, c0 in enumerate(starts if n_chunks is None else list(starts)[:n_chunks]):
+        part = list(tokens[c0:c0 + chunk])
+        row: Dict[str, Any] = {"c0": c0, "n": len(part)}
+        k = i % len(labels)
+        for label in labels[k:] + labels[:k]:
+            t0 = time.perf_counter()
+            llms[label].eval(part)
+            row[label] = time.perf_counter() - t0
+        rows.append(row)
+    from selfextend_gguf.evaluate.bench import last_logits
+
+    return rows, {label: last_logits(llm) for label, llm in llms.items()}
+
+
+def summarize(rows: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Dict[str, Any]:
+    """Tokens/s of each label over all chunks, and each label's ratio to the first one (> 1: faster)."""
+    n = sum(r["n"] for r in rows)
+    seconds = {label: sum(r[label] for r in rows) for label in labels}
+    base = labels[0]
+    return {"tokens": n, "seconds": seconds, "tps": {label: n / s for label, s in seconds.items()},
+            "x": {label: seconds[base] / seconds[label] for label in labels[1:]},
+            "x_chunks": [{label: r[base] / r[label] for label in labels[1:]} for r in rows]}
+
+
+def main(argv: List[str]) -> int:
+    from selfextend_gguf import default_model_path
+    from selfextend_gguf.gguf_info import read_model_info
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="GGUF model (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--methods", nargs="+", default=["none", "exact"],
+                    help="the first is the baseline of the ratios; METHOD:N gives one its own n_ubatch "
+                         "(default: none exact)")
+    ap.add_argument("--n-ctx", type=int, default=32768)
+    ap.add_argument("--chunk", type=int, default=2048, help="tokens per chunk (default: 2048)")
+    ap.add_argument("--chunks", type=int, default=None, help="stop after this many chunks (default: the whole prompt)")
+    ap.add_argument("--n-ubatch", type=int, default=None, help="physical batch for every method (default: each its own)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flash-attn", choices=("on", "off"), default="off")
+    ap.add_argument("--out", type=Path, default=None, help="write the rows and summary to this JSON file")
+    args = ap.parse_args(argv)
+    if len(args.methods) < 2 or len(set(args.methods)) != len(args.methods):
+        ap.error("--methods needs at least two different methods")
+    model = args.model or str(default_model_path())
+    llms = build(model, args.methods, args.n_ctx, read_model_info(model).n_ctx_train,
+                 flash_attn=args.flash_attn == "on", threads=args.threads, n_ubatch=args.n_ubatch)
+    n_vocab = next(iter(llms.values())).n_vocab()
+    tokens = [int(t) for t in np.random.default_rng(0).integers(min(100, n_vocab // 4), n_vocab - 1, size=args.n_ctx - 40)]
+    rows, _ = interleave(llms, tokens, args.chunk, args.chunks)
+    summary = summarize(rows, args.methods)
+    for row, x in zip(rows, summary["x_chunks"]):
+        print(f"tokens {row['c0']:6d}-{row['c0'] + row['n']:6d}: "
+              + ", ".join(f"{label} {row[label]:.2f} s" for label in args.methods)
+              + " | x " + ", ".join(f"{label} {v:.3f}" for label, v in x.items()), flush=True)
+    print("total: " + ", ".join(f"{label} {tps:.1f} tok/s" for label, tps in summary["tps"].items())
+          + " | x " + ", ".join(f"{label} {v:.3f}" for label, v in summary["x"].items()))
+    n_ubatch = {label: int(llm.context_params.n_ubatch) for label, llm in llms.items()}
+    for llm in llms.values():
+        llm.close()
+    if args.out:
+        args.out.write_text(json.dumps({"command": "scripts/prompt_interleaved.py " + " ".join(argv),
+                                        "n_ctx": args.n_ctx, "chunk": args.chunk, "flash_attn": args.flash_attn,
+                                        "threads": args.threads, "n_ubatch": n_ubatch, "rows": rows,
+                                        "summary": summary}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""scripts/prompt_interleaved.py: methods timed chunk by chunk in one process measure what a method
+evaluated alone computes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prompt_interleaved.py"
+METHODS = ["none", "exact@G4W16", "shift@G4W16"]  # trained length 64, n_ctx 128: (64 - 16) * 4 + 16 >= 128
+
+
+@pytest.fixture(scope="module")
+def pi():
+    spec = importlib.util.spec_from_file_location("prompt_interleaved", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _build(pi, path, labels):
+    # an F32 cache: with F16, exact mode's keys are rounded once more when they are grouped, at a
+    # point that depends on the batch split (tests/test_exact_graph.py bounds that separately)
+    return pi.build(str(path), labels, 128, 64, flash_attn=False, threads=1, type_k=0, type_v=0)
+
+
+def test_interleaved_contexts_compute_what_each_method_computes_alone(pi, tiny_llama_path):
+    tokens = [int(t) for t in np.random.default_rng(3).integers(3, 259, size=120)]
+    llms = _build(pi, tiny_llama_path, METHODS)
+    rows, logits = pi.interleave(llms, tokens, chunk=17)
+    for llm in llms.values():
+        llm.close()
+    # every chunk of the prompt, in order, timed for every method
+    assert [r["c0"] for r in rows] == list(range(0, 120, 17))
+    assert sum(r["n"] for r in rows) == len(tokens)
+    assert all(r[label] > 0 for r in rows for label in METHODS)
+    # the three methods differ past the trained length, so a context that read another's cache would show
+    assert np.abs(logits["exact@G4W16"] - logits["none"]).max() > 1e-2
+    for label in METHODS:
+        (alone,) = _build(pi, tiny_llama_path, [label]).values()
+        alone.eval(tokens)  # one call, batches of 512: no chunk boundaries
+        from selfextend_gguf.evaluate.bench import last_logits
+
+        np.testing.assert_allclose(logits[label], last_logits(alone), rtol=1e-4, atol=1e-4, err_msg=label)
+        alone.close()
+
+
+def test_chunks_limit_and_used_context_is_refused(pi, tiny_llama_path):
+    tokens = list(range(3, 103))
+    llms = _build(pi, tiny_llama_path, METHODS[:2])
+    rows, _ = pi.interleave(llms, tokens, chunk=30, n_chunks=2)
+    assert [(r["c0"], r["n"]) for r in rows] == [(0, 30), (30, 30)]
+    # a second interleave would start where the first stopped: refused, not timed at the wrong positions
+    with pytest.raises(ValueError, match="fresh instances"):
+        pi.interleave(llms, tokens, chunk=30)
+    with pytest.raises(ValueError, match="chunk"):
+        pi.interleave(_build(pi, tiny_llama_path, METHODS[:1]), tokens, chunk=0)
+    for llm in llms.values():
+        llm.close()
+
+
+def test_a_method_can_have_its_own_ubatch(pi, tiny_llama_path):
+    llms = _build(pi, tiny_llama_path, ["none", "exact@G4W16:7", "exact@G4W16"])
+    ubatches = [int(llm.context_params.n_ubatch) for llm in llms.values()]
+    assert ubatches[1] == 7 and 7 not in (ubatches[0], ubatches[2])  # the others keep their own
+    for llm in llms.values():
+        llm.close()
+    with pytest.raises(ValueError, match="METHOD:N"):
+        _build(pi, tiny_llama_path, ["none", "exact@G4W16:x"])
+
+
+def test_summary_ratios_are_baseline_seconds_over_method_seconds(pi):
+    rows = [{"c0": 0, "n": 10, "none": 1.0, "exact": 2.0}, {"c0": 10, "n": 10, "none": 3.0, "exact": 2.0}]
+    s = pi.summarize(rows, ["none", "exact"])
+    assert s["tokens"] == 20 and s["seconds"] == {"none": 4.0, "exact": 4.0}
+    assert s["tps"] == {"none": 5.0, "exact": 5.0} and s["x"] == {"exact": 1.0}
+    assert s["x_chunks"] == [{"exact": 0.5}, {"exact": 1.5}]
