@@ -196,6 +196,26 @@ def test_flash_attention_prompt_compute_buffer_is_one_mask_more(tmp_path):
     assert sizes["exact"] <= sizes["stock"] + 3 * mask_mib
 
 
+@pytest.mark.parametrize("flash_attn", [False, True])
+@pytest.mark.parametrize("n_ubatch", [32, 64])
+def test_reserved_compute_buffer_holds_a_prompt_in_position_order(tiny_llama_path, n_ubatch, flash_attn):
+    """The graph that llama_set_self_extend reserves is the largest that a prompt in position order
+    builds: a ubatch read in place has a window of W + n_tokens cells (from the oldest key still
+    stored exact to its last query). A prompt that needs more makes the scheduler grow the compute
+    buffer mid-prompt, which on a GPU can fail where the reservation would have failed up front;
+    llama.cpp says so when the context is freed ("does not match expectation")."""
+    from selfextend_gguf.evaluate.bench import capture_llama_log
+
+    tokens = [int(t) for t in np.random.default_rng(0).integers(3, 250, size=200)]
+    with capture_llama_log() as log:
+        llm = LongLlama(tiny_llama_path, n_ctx=256, n_batch=256, n_ubatch=n_ubatch, mode="exact", group_size=8,
+                        window=16, flash_attn=flash_attn, n_threads=1, verbose=False)
+        llm.eval(tokens)
+        llm.close()
+    checks = [line.strip() for line in "".join(log).splitlines() if "expectation" in line]
+    assert checks and all("matches expectation" in line for line in checks), checks
+
+
 def _abort_after_each_node(lc, llm, tokens, n_held: int, step: int) -> tuple:
     """Evaluate tokens[n_held:n_held + step] with llama.cpp aborting after node 1, 2, ..., 79 of the
     graph in turn (the first layers). After each failure llama.cpp must have removed what the failed
