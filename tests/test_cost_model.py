@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "exact_cost_model.py"
+from script_modules import SCRIPTS, load_script
+
+SCRIPT = SCRIPTS / "exact_cost_model.py"
 
 
 @pytest.fixture(scope="module")
 def cm():
-    spec = importlib.util.spec_from_file_location("exact_cost_model", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("exact_cost_model")
 
 
 def test_shape_from_gguf(cm, tiny_llama_path):

@@ -3,24 +3,18 @@ evaluated alone computes."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prompt_interleaved.py"
+from script_modules import load_script
+
 METHODS = ["none", "exact@G4W16", "shift@G4W16"]  # trained length 64, n_ctx 128: (64 - 16) * 4 + 16 >= 128
 
 
 @pytest.fixture(scope="module")
 def pi():
-    spec = importlib.util.spec_from_file_location("prompt_interleaved", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("prompt_interleaved")
 
 
 def _build(pi, path, labels):
