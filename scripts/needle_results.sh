@@ -30,14 +30,15 @@ if [ "$part" = all ] || [ "$part" = lengths ]; then
     done
 fi
 
-# exact mode's G x W grid, in the order that gives the rule its data soonest. (L - W) * G + W must
-# reach n_ctx: G >= 4 at 24k and G >= 5 at 32k for every W here.
+# exact mode's G x W grid, in the order that gives the rule its data soonest: the smallest G that
+# reaches n_ctx for every W and length first, then that G + 1, and so on. (L - W) * G + W must reach
+# n_ctx: G >= 4 at 24k and G >= 5 at 32k for every W here.
 grid_cells() {
-    for w in 1024 512 2048; do
-        for length in 24576 32768; do
-            for g in 4 5 6 7 8; do
-                if [ "$length" = 32768 ] && [ "$g" = 4 ]; then continue; fi
-                echo "$length exact@G${g}W${w}"
+    for step in 0 1 2 3 4; do
+        for w in 1024 512 2048; do
+            for length in 24576 32768; do
+                if [ "$length" = 24576 ]; then g=$((4 + step)); else g=$((5 + step)); fi
+                if [ "$g" -le 8 ]; then echo "$length exact@G${g}W${w}"; fi
             done
         done
     done
