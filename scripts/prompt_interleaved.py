@@ -95,6 +95,7 @@ def summarize(rows: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Dict[str
 
 def main(argv: List[str]) -> int:
     from selfextend_gguf import default_model_path
+    from selfextend_gguf.evaluate.bench import random_tokens
     from selfextend_gguf.gguf_info import read_model_info
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,7 +117,7 @@ def main(argv: List[str]) -> int:
     llms = build(model, args.methods, args.n_ctx, read_model_info(model).n_ctx_train,
                  flash_attn=args.flash_attn == "on", threads=args.threads, n_ubatch=args.n_ubatch)
     n_vocab = next(iter(llms.values())).n_vocab()
-    tokens = [int(t) for t in np.random.default_rng(0).integers(min(100, n_vocab // 4), n_vocab - 1, size=args.n_ctx - 40)]
+    tokens = random_tokens(n_vocab, args.n_ctx - 40)
     rows, _ = interleave(llms, tokens, args.chunk, args.chunks)
     summary = summarize(rows, args.methods)
     for row, x in zip(rows, summary["x_chunks"]):

@@ -251,3 +251,16 @@ def test_buffer_sizes_takes_the_largest_reservation():
            "sched_reserve:      CUDA0 compute buffer size =    20.00 MiB\n")
     assert buffer_sizes(log) == (90.0, 243.75)
     assert buffer_sizes(log.split("llama_set_self_extend")[0]) == (90.0, 109.38)
+
+
+def test_random_tokens_avoid_the_lowest_and_last_ids_and_follow_the_seed():
+    """The timed prompts of ``bench`` and scripts/prompt_interleaved.py: no control token (the lowest
+    ids), never the last id, the same list for the same seed and another for another seed."""
+    from selfextend_gguf.evaluate.bench import random_tokens
+
+    tokens = random_tokens(49152, 5000, seed=1)
+    assert len(tokens) == 5000 and all(type(t) is int for t in tokens)
+    assert min(tokens) >= 100 and max(tokens) < 49151
+    assert tokens == random_tokens(49152, 5000, seed=1) != random_tokens(49152, 5000, seed=2)
+    small = random_tokens(200, 2000)  # a tiny vocabulary keeps its top three quarters
+    assert min(small) >= 50 and max(small) < 199 and len(set(small)) > 100

@@ -132,6 +132,16 @@ def time_decode_passes(llm: Any, tokens: Sequence[int], *, passes: int = 1) -> T
     return seconds, logits
 
 
+def random_tokens(n_vocab: int, n: int, seed: int = 0) -> List[int]:
+    """``n`` random token ids for timing a prompt: its cost does not depend on the content.
+
+    The lowest ids (control and byte tokens in most vocabularies) are left out, so that no
+    end-of-text or special token is among them.
+    """
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(min(100, n_vocab // 4), n_vocab - 1, size=n)]
+
+
 def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, Any], seed: int = 0,
             decode_passes: int = 1) -> Dict[str, Any]:
     """Measure one (method, n_ctx): build, evaluate the prompt, decode ``decode_passes`` times; one row
@@ -144,9 +154,8 @@ def run_one(model: str, method: Method, *, decode: int, llama_kwargs: Dict[str, 
     with capture_llama_log() as log:
         llm = method.build(model, **llama_kwargs)
         try:
-            rng = np.random.default_rng(seed)
             n_ubatch = int(llm.context_params.n_ubatch)
-            tokens = [int(t) for t in rng.integers(min(100, llm.n_vocab() // 4), llm.n_vocab() - 1, size=n_prompt + decode)]
+            tokens = random_tokens(llm.n_vocab(), n_prompt + decode, seed)
             t0 = time.perf_counter()
             llm.eval(tokens[:n_prompt])
             t_prompt = time.perf_counter() - t0
