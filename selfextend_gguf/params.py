@@ -3,10 +3,12 @@
 SelfExtend keeps exact positions for the ``W`` nearest keys of every query and
 maps farther keys to ``j // G``. The largest relative position it produces is
 about ``(n - W) // G + W``, so a model trained on ``L`` tokens can reach
-``(L - W) * G + W`` tokens. The paper's authors report better results when
-``W + (n_ctx - W) / G`` stays between a half and two thirds of ``L``, with
-``W`` around an eighth to a third of ``L`` (Llama-2, ``L = 4096``: ``G`` 2..64,
-``W`` 512..1536). :func:`choose_parameters` applies that rule.
+``(L - W) * G + W`` tokens. :func:`choose_parameters` takes ``W = L / 8`` and
+the smallest ``G`` that reaches ``n_ctx``: on SmolLM2 at 3x and 4x ``L``, every
+step of ``G`` above that one raised the perplexity beyond ``L``
+(docs/evaluation.md). The paper's authors suggest keeping ``W + (n_ctx - W) / G``
+within a half to two thirds of ``L``, which takes a larger ``G``; our grid did
+not bear that out for exact mode.
 """
 
 from __future__ import annotations
@@ -22,10 +24,6 @@ from .errors import SelfExtendConfigError
 logger = logging.getLogger(__name__)
 
 MODES = ("exact", "shift")
-
-#: largest relative position we aim for, as a fraction of the trained length
-TARGET_FRACTION = 2 / 3
-
 
 @dataclass(frozen=True)
 class SelfExtendParams:
@@ -131,19 +129,19 @@ def _max_shift_context(n_ctx_train: int) -> Tuple[int, int]:
 
 
 def _smallest_group(n_ctx: int, n_ctx_train: int, window: int, mode: str) -> int:
-    budget = TARGET_FRACTION * n_ctx_train - window
+    """The automatic ``G`` for ``window``: the smallest that reaches ``n_ctx``, 1 when ``n_ctx`` fits ``L``.
+
+    In shift mode, the smallest divisor of ``W`` that reaches it; where ``W`` has none, the smallest
+    ``G`` that reaches it (the caller then widens or refuses the window). The smallest, because on
+    SmolLM2 at 3x and 4x ``L`` perplexity beyond ``L`` rose with every step of ``G`` above it
+    (docs/evaluation.md, exact mode's G x W grid).
+    """
     if n_ctx <= n_ctx_train:
         return 1
-    if budget <= 0:
-        g = math.ceil((n_ctx - window) / max(1, n_ctx_train - window))
-    else:
-        g = max(2, math.ceil((n_ctx - window) / budget))
-    # the reach must cover n_ctx whatever the target says
-    g = max(g, math.ceil((n_ctx - window) / max(1, n_ctx_train - window)))
-    if mode == "shift":  # shift mode needs G to divide W: the next divisor, if there is one
-        divisor = next((d for d in range(g, window + 1) if window % d == 0), None)
-        g = divisor or g
-    return g
+    group_size = _needed_group(n_ctx, n_ctx_train, window)
+    if mode == "shift":
+        group_size = _shift_divisor(n_ctx, n_ctx_train, window) or group_size
+    return group_size
 
 
 def _automatic_both(n_ctx: int, n_ctx_train: int, mode: str) -> Optional[tuple]:
@@ -206,9 +204,9 @@ def choose_parameters(
 
     ``window`` defaults to :func:`default_window` (rounded up to a multiple of
     ``group_size`` in shift mode); ``group_size`` defaults to the smallest ``G``
-    for which ``W + (n_ctx - W) / G <= 2/3 * n_ctx_train`` (a power of two when
-    ``W`` is one, since shift mode needs ``G`` to divide ``W``), and 1 when
-    ``n_ctx`` fits the trained length. On a short trained length, where shift
+    that reaches ``n_ctx``, ``(n_ctx_train - W) * G + W >= n_ctx`` (in shift mode
+    the smallest such divisor of ``W``), and to 1 when ``n_ctx`` fits the trained
+    length. On a short trained length, where shift
     mode's window would have to grow past what reaches ``n_ctx``, the smallest
     ``G`` that reaches it is taken instead. The choice is logged. Integral
     values of any type (``numpy.int64``, ...) are accepted and returned as ``int``.
@@ -255,9 +253,6 @@ def choose_parameters(
         chosen = ("group_size",)
         if window < L:
             group_size = _smallest_group(n, L, window, mode)
-            if mode == "shift" and window % group_size:
-                # no divisor of W meets the target: the smallest one that reaches n_ctx, if any
-                group_size = _shift_divisor(n, L, window) or group_size
             if mode == "shift" and window % group_size:
                 need = _needed_group(n, L, window)
                 limit = _max_shift_context(L)[0]

@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selfextend_gguf.errors import SelfExtendConfigError
-from selfextend_gguf.params import TARGET_FRACTION, as_int, choose_parameters, default_window, max_context
+from selfextend_gguf.params import as_int, choose_parameters, default_window, max_context
 
 
 @pytest.mark.parametrize("L", [64, 2048, 4096, 8192, 32768])
 @pytest.mark.parametrize("factor", [1, 1.5, 2, 3, 4, 8])
 @pytest.mark.parametrize("mode", ["exact", "shift"])
-def test_automatic_choice_reaches_n_ctx_and_follows_the_rule(L, factor, mode):
+def test_automatic_choice_is_the_smallest_group_that_reaches_n_ctx(L, factor, mode):
     n_ctx = int(L * factor)
     p = choose_parameters(n_ctx, L, mode=mode)
     assert p.window < L
     assert p.reach >= n_ctx
     if n_ctx <= L:
         assert p.group_size == 1
-    elif factor <= 4 or mode == "exact":
-        # the authors' rule of thumb: W + (n_ctx - W) / G at most ~2/3 of L (at 8x in shift mode
-        # G must exceed the automatic W and divide it, so only the reach is promised there)
-        assert p.window + (n_ctx - p.window) / p.group_size <= TARGET_FRACTION * L + 1e-9
-    if mode == "shift":
+        return
+    if mode == "exact":
+        assert p.window == default_window(L)
+        smaller = range(1, p.group_size)
+    else:  # shift mode needs G to divide W
         assert p.window % p.group_size == 0
+        smaller = [d for d in range(1, p.group_size) if p.window % d == 0]
+    assert all(max_context(L, g, p.window) < n_ctx for g in smaller)
 
 
 def test_smollm2_choices():
-    """What the README documents for SmolLM2 (trained on 8192)."""
+    """What the README documents for SmolLM2 (trained on 8192): the smallest G that reaches n_ctx."""
     assert default_window(8192) == 1024
-    assert [choose_parameters(n, 8192, mode="shift").group_size for n in (8192, 12288, 16384, 32768)] == [1, 4, 4, 8]
+    lengths = (8192, 12288, 16384, 24576, 32768)
+    assert [choose_parameters(n, 8192, mode="exact").group_size for n in lengths] == [1, 2, 3, 4, 5]
+    assert [choose_parameters(n, 8192, mode="shift").group_size for n in lengths] == [1, 2, 4, 4, 8]
+    # the grid's cells: at 24k and 32k with every W it ran, the smallest G is the one chosen
+    assert [choose_parameters(24576, 8192, window=w).group_size for w in (512, 1024, 2048)] == [4, 4, 4]
+    assert [choose_parameters(32768, 8192, window=w).group_size for w in (512, 1024, 2048)] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/usage.md"])
+def test_documented_choices_for_smollm2_are_what_choose_parameters_returns(doc):
+    """The tables of automatic (G, W) in the README and the usage notes, row by row."""
+    root = Path(__file__).resolve().parent.parent
+    lines = (root / doc).read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| n_ctx | 8k |"))
+    lengths = [int(cell.strip().rstrip("k")) * 1024 for cell in header.strip("|").split("|")[1:]]
+    for mode in ("exact", "shift"):
+        row = next(line for line in lines if line.startswith(f"| {mode} mode: G, W |"))
+        documented = [cell.strip() for cell in row.strip("|").split("|")[1:]]
+        for n_ctx, cell in zip(lengths, documented, strict=True):
+            p = choose_parameters(n_ctx, 8192, mode=mode)
+            expected = "off" if p.group_size == 1 else f"{p.group_size}, {p.window}"
+            assert cell.replace("1 (off)", "off") == expected, (doc, mode, n_ctx)
 
 
 def test_given_values_are_kept_and_the_other_filled_in():
@@ -101,7 +126,7 @@ def test_as_int_refuses_numpy_floats_and_bools():
      ["Try window=", "window=144"]),
     # group_size given, the automatic window rounded up to it reaches the trained length
     (200, dict(group_size=64, mode="shift"), ["group_size=64 is too large for shift mode", "window was not given",
-                                              "leave group_size unset (then group_size=8, window=8"],
+                                              "leave group_size unset (then group_size=4, window=8"],
      ["Try window=", "window=64 must"]),
     (2000, dict(group_size=2, mode="exact"), ["the automatic window=8 (window was not given)", "group_size >= 36",
                                               "leave group_size unset"], []),
