@@ -41,6 +41,11 @@ grid_cells() {
                 if [ "$g" -le 8 ]; then echo "$length exact@G${g}W${w}"; fi
             done
         done
+        if [ "$step" = 0 ]; then
+            # the rule at 2x L as well: G = 3, the smallest that reaches 16k with W = 1024, and 4
+            echo "16384 exact@G3W1024"
+            echo "16384 exact@G4W1024"
+        fi
     done
 }
 
