@@ -60,7 +60,7 @@ def test_passkey_miniature(tiny128, tmp_path, capsys):
     labels = ["none", "yarn", "shift", "exact", "shift@G4W32", "exact@G4W32"]
     assert table[0].startswith("| length | method | setting | depth 0 | depth 1 | accuracy |")
     assert len(table) == 2 + 2 * len(labels)
-    assert "n_ctx 320:" in out and "exact: G=3 W=16 (auto)" in out  # the automatic choice is shown
+    assert "n_ctx 320:" in out and "exact: G=3 W=32 (auto)" in out  # the automatic choice is shown
 
     report = _report(out_dir / "passkey.json", "passkey")
     rows = report["rows"]
@@ -171,7 +171,7 @@ def test_bench_miniature(tiny128, tmp_path, capsys):
     # same model, same n_ctx: the KV cache is the same size for every method
     for n in (128, 256):
         assert len({r["kv_mib"] for r in rows if r["n_ctx"] == n}) == 1
-    assert {r["setting"] for r in rows if r["n_ctx"] == 256 and r["method"] == "exact"} == {"G=3 W=16 (auto)"}
+    assert {r["setting"] for r in rows if r["n_ctx"] == 256 and r["method"] == "exact"} == {"G=3 W=32 (auto)"}
     _assert_png(out_dir / "bench.png")
 
 
@@ -237,7 +237,7 @@ def test_passkey_one_n_ctx_for_all_lengths(tiny128, tmp_path, capsys):
     assert rc == 0
     report = json.loads((tmp_path / "passkey.json").read_text())
     assert {(r["length"], r["n_ctx"], r["setting"]) for r in report["rows"]} == {
-        (256, 320, "G=3 W=16 (auto)"), (320, 320, "G=3 W=16 (auto)")}
+        (256, 320, "G=3 W=32 (auto)"), (320, 320, "G=3 W=32 (auto)")}
     assert "--n-ctx 320" in report["command"]
     capsys.readouterr()
     rc = main(["passkey", "--model", tiny128, "--lengths", "256", "320", "--n-ctx", "300", "--out", str(tmp_path),

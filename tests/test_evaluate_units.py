@@ -56,7 +56,7 @@ def test_resolve_rope_parameters():
 
 def test_resolve_self_extend_auto_and_fixed():
     auto = me.resolve(me.MethodSpec("exact"), 32768, 8192)
-    assert auto.auto and auto.setting == "G=5 W=1024 (auto)"
+    assert auto.auto and auto.setting == "G=5 W=2048 (auto)"
     assert auto.describe()["group_size"] == 5
     fixed = me.resolve(me.parse_method("shift@G4W1024"), 16384, 8192)
     assert not fixed.auto and fixed.setting == "G=4 W=1024"

@@ -32,7 +32,7 @@ def test_automatic_choice_is_the_smallest_group_that_reaches_n_ctx(L, factor, mo
 
 def test_smollm2_choices():
     """What the README documents for SmolLM2 (trained on 8192): the smallest G that reaches n_ctx."""
-    assert default_window(8192) == 1024
+    assert default_window(8192) == 2048
     lengths = (8192, 12288, 16384, 24576, 32768)
     assert [choose_parameters(n, 8192, mode="exact").group_size for n in lengths] == [1, 2, 3, 4, 5]
     assert [choose_parameters(n, 8192, mode="shift").group_size for n in lengths] == [1, 2, 4, 4, 8]
@@ -59,7 +59,7 @@ def test_documented_choices_for_smollm2_are_what_choose_parameters_returns(doc):
 
 def test_given_values_are_kept_and_the_other_filled_in():
     p = choose_parameters(16384, 8192, group_size=4, mode="shift")
-    assert (p.group_size, p.window) == (4, 1024)
+    assert (p.group_size, p.window) == (4, 2048)
     p = choose_parameters(16384, 8192, window=512)
     assert p.window == 512 and p.reach >= 16384
     p = choose_parameters(16384, 8192, group_size=3, mode="shift")
@@ -98,7 +98,7 @@ def test_numpy_integers_are_accepted_and_returned_as_int():
     assert (p.n_ctx, p.n_ctx_train, p.group_size, p.window) == (128, 64, 4, 16)
     assert all(type(v) is int for v in (p.n_ctx, p.n_ctx_train, p.group_size, p.window))
     p = choose_parameters(np.uint32(16384), 8192, mode="shift")
-    assert (p.group_size, p.window) == (4, 1024) and type(p.n_ctx) is int
+    assert (p.group_size, p.window) == (4, 2048) and type(p.n_ctx) is int
 
 
 @pytest.mark.parametrize("value", [2.0, "4", True, False, None, [4]])
@@ -126,9 +126,9 @@ def test_as_int_refuses_numpy_floats_and_bools():
      ["Try window=", "window=144"]),
     # group_size given, the automatic window rounded up to it reaches the trained length
     (200, dict(group_size=64, mode="shift"), ["group_size=64 is too large for shift mode", "window was not given",
-                                              "leave group_size unset (then group_size=4, window=8"],
+                                              "leave group_size unset (then group_size=4, window=16"],
      ["Try window=", "window=64 must"]),
-    (2000, dict(group_size=2, mode="exact"), ["the automatic window=8 (window was not given)", "group_size >= 36",
+    (2000, dict(group_size=2, mode="exact"), ["the automatic window=16 (window was not given)", "group_size >= 42",
                                               "leave group_size unset"], []),
     # window given, no divisor of it reaches n_ctx: the automatic group_size is not the caller's
     (600, dict(window=8, mode="shift"), ["group_size was not given", "pass window=12",
