@@ -7,15 +7,17 @@ each, beyond ``L``): the difference of their mean negative log-likelihoods, with
 over the buckets (a t interval; neighbouring buckets are not independent, so read it as a guide).
 An interval above 0 says the setting is worse than the best one on this text.
 
-Usage::
+Usage (further needle reports fill cells the grid's own lacks, the automatic ``exact`` rows
+under their setting's label)::
 
-    .venv/bin/python scripts/grid_table.py docs/results/needle/grid
+    .venv/bin/python scripts/grid_table.py docs/results/needle/grid docs/results/needle/needle.json
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -57,14 +59,28 @@ def beyond_buckets(report: dict, n_ctx_train: int) -> Dict[Tuple[int, str], Dict
     return out
 
 
-def table(perplexity: dict, needle: Optional[dict] = None) -> str:
-    """One Markdown row per (length, setting), best perplexity beyond L first at each length."""
+def grid_label(summary_row: dict) -> str:
+    """The grid's label of a needle summary row: ``exact@G3W2048`` for the automatic ``exact`` whose
+    setting was ``G=3 W=2048 (auto)``, so that a main report's automatic cell fills its grid cell;
+    every other label as it is."""
+    m = re.fullmatch(r"G=(\d+) W=(\d+) \(auto\)", summary_row.get("setting", ""))
+    if summary_row["method"] == "exact" and m:
+        return f"exact@G{m[1]}W{m[2]}"
+    return summary_row["method"]
+
+
+def table(perplexity: dict, *needles: Optional[dict]) -> str:
+    """One Markdown row per (length, setting), best perplexity beyond L first at each length.
+
+    ``needles``: needle reports whose cells fill the last column (the first report that has a
+    cell wins)."""
     n_ctx_train = perplexity["settings"]["n_ctx_train"]
     buckets = beyond_buckets(perplexity, n_ctx_train)
-    found = {}
-    for s in (needle or {}).get("summary", []):
-        if s.get("depth") is None:
-            found[(s["length"], s["method"])] = s
+    found: Dict[Tuple[int, str], dict] = {}
+    for needle in needles:
+        for s in (needle or {}).get("summary", []):
+            if s.get("depth") is None:
+                found.setdefault((s["length"], grid_label(s)), s)
     lines = ["| length | setting | ppl beyond L | NLL - best's (95% CI) | needles found (95% CI) |",
              "|---|---|---|---|---|"]
     by_length: Dict[int, List[dict]] = {}
@@ -88,14 +104,13 @@ def table(perplexity: dict, needle: Optional[dict] = None) -> str:
 
 
 def main(argv: List[str]) -> int:
-    if len(argv) != 1:
+    if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     folder = Path(argv[0])
     perplexity = json.loads((folder / "perplexity.json").read_text())
-    needle_path = folder / "needle.json"
-    needle = json.loads(needle_path.read_text()) if needle_path.exists() else None
-    print(table(perplexity, needle))
+    needle_paths = [folder / "needle.json", *map(Path, argv[1:])]
+    print(table(perplexity, *(json.loads(p.read_text()) for p in needle_paths if p.exists())))
     return 0
 
 

@@ -52,3 +52,21 @@ def test_table_ranks_settings_and_compares_them_with_the_best(gt):
     # b is 0.1 worse in every bucket beyond L (the bucket inside, far better, is not counted)
     assert lines[2].split(" | ")[3] == "+0.1000 (+0.1000, +0.1000)"
     assert lines[2].endswith("| 2/40 (0.01-0.17) |") and lines[0].endswith("| - |")
+
+
+def test_an_automatic_cell_of_another_report_fills_its_grid_cell(gt):
+    report = _report({"exact@G3W2048": [1.0, 3.0, 3.2], "exact@G3W1024": [1.0, 3.1, 3.3]})
+    grid = {"summary": [{"method": "exact@G3W1024", "setting": "G=3 W=1024", "length": 4096, "depth": None,
+                         "found": 5, "total": 40, "ci_low": 0.05, "ci_high": 0.26}]}
+    main = {"summary": [
+        {"method": "exact", "setting": "G=3 W=2048 (auto)", "length": 4096, "depth": None,
+         "found": 3, "total": 40, "ci_low": 0.03, "ci_high": 0.2},
+        {"method": "shift", "setting": "G=3 W=1024 (auto)", "length": 4096, "depth": None,  # not exact mode's
+         "found": 9, "total": 40, "ci_low": 0.1, "ci_high": 0.4},
+        {"method": "exact", "setting": "G=3 W=2048 (auto)", "length": 4096, "depth": 0.5,  # a depth bin
+         "found": 1, "total": 8, "ci_low": 0.02, "ci_high": 0.47}]}
+    lines = gt.table(report, grid, main).splitlines()[2:]
+    assert lines[0].startswith("| 4096 | exact@G3W2048 |") and lines[0].endswith("| 3/40 (0.03-0.20) |")
+    assert lines[1].endswith("| 5/40 (0.05-0.26) |")
+    assert gt.grid_label({"method": "exact@G4W1024", "setting": "G=4 W=1024"}) == "exact@G4W1024"
+    assert gt.grid_label({"method": "shift", "setting": "G=4 W=2048 (auto)"}) == "shift"
