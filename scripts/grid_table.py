@@ -20,7 +20,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 # two-sided 95% t quantiles by degrees of freedom (1-30); beyond that the Cornish-Fisher expansion
 _Z95 = 1.959964
@@ -69,7 +69,7 @@ def grid_label(summary_row: dict) -> str:
     return summary_row["method"]
 
 
-def table(perplexity: dict, *needles: Optional[dict]) -> str:
+def table(perplexity: dict, *needles: dict) -> str:
     """One Markdown row per (length, setting), best perplexity beyond L first at each length.
 
     ``needles``: needle reports whose cells fill the last column (the first report that has a
@@ -78,7 +78,7 @@ def table(perplexity: dict, *needles: Optional[dict]) -> str:
     buckets = beyond_buckets(perplexity, n_ctx_train)
     found: Dict[Tuple[int, str], dict] = {}
     for needle in needles:
-        for s in (needle or {}).get("summary", []):
+        for s in needle.get("summary", []):
             if s.get("depth") is None:
                 found.setdefault((s["length"], grid_label(s)), s)
     lines = ["| length | setting | ppl beyond L | NLL - best's (95% CI) | needles found (95% CI) |",
