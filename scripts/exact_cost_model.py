@@ -5,11 +5,16 @@ The exact-mode graph (patches/0005) stores a key at its exact position while it 
 newest position of its sequence, and re-rotates it once, in place, to j/G when it leaves that
 window. Its extra work over the stock graph, per ubatch that has a query at position >= W:
 
-- prompt ubatches (cells in position order, read in place): the whole cache against the grouped
-  queries (the stock product), the window of the ubatch (the W + n cells within W of one of its
-  queries, and the one key before them that all of them see grouped) once more against the exact
-  queries, and the keys that leave the window with this ubatch (at most n) against the grouped
-  queries; V is read in place and multiplied once, as in the stock graph;
+- prompt ubatches (cells in position order, read in place) whose window starts after cell 0
+  (patches/0010): the window of the ubatch (the W + n cells within W of one of its queries, and
+  the one key before them that all of them see grouped) against the exact queries, the keys that
+  leave the window with this ubatch (at most n) against the grouped queries, and the cells before
+  the window, plus one column for the window's log-sum-exp, against the grouped queries; V is read
+  in place and multiplied once, over the used cells only (the stock graph multiplies the cache
+  padded to 256 cells), so a ubatch can cost less than stock;
+- the ubatch whose window starts at cell 0, and those of a cache made for flash attention that
+  the flash-attention prompt below does not take: the whole cache against the grouped queries (the
+  stock product), and the window and the keys that leave it once more, as above;
 - decoding: the W neighbours against the exact query and the one key that leaves the window
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
   scattered into the row of the cache, so V is multiplied once;
@@ -97,8 +102,10 @@ def ubatch_window(p: int, n: int, w: int) -> int:
     return i_max - first + 1
 
 
-def prompt_macs_ubatch(s: Shape, p: int, n: int, w: int) -> Tuple[int, int, int]:
+def prompt_macs_ubatch(s: Shape, p: int, n: int, w: int, *, flash_attn: bool = False) -> Tuple[int, int, int]:
     """(stock, exact, keys re-rotated) multiply-adds of the ubatch of n queries at p..p+n-1."""
+    from selfextend_gguf.ubatch import flash_prompt_scratch
+
     per_key = s.n_layer * s.n_head  # one score (or one row of V) per layer and head
     n_kv = _pad(p + n, 256)
     stock = n * s.weight_macs + n * per_key * n_kv * (s.head_dim_k + s.head_dim_v)
@@ -106,34 +113,34 @@ def prompt_macs_ubatch(s: Shape, p: int, n: int, w: int) -> Tuple[int, int, int]
     if n_win == 0:  # every query sees every key exactly: the stock path
         return stock, stock, 0
     n_cr = max(0, p + n - 1 - w - max(0, p - w) + 1)  # the keys that leave the window: rotated, scored grouped
-    return stock, stock + n * per_key * s.head_dim_k * (n_win + n_cr), s.n_layer * s.n_head_kv * n_cr
+    rotated = s.n_layer * s.n_head_kv * n_cr
+    window = n * per_key * s.head_dim_k * (n_win + n_cr)
+    if flash_attn and flash_prompt_scratch(n, s.n_head // s.n_head_kv) <= n_win:
+        # one flash attention over the cache (the stock pass), and the window's own product with V
+        return stock, stock + window + n * per_key * s.head_dim_v * n_win, rotated
+    first = p + n - n_win  # the window's first cell
+    if first > 0 and not flash_attn:
+        # the cells before the window and the window's log-sum-exp, then V (transposed, as a cache without
+        # flash attention holds it) over the used cells
+        before = n * per_key * ((first + 1) * s.head_dim_k + first * s.head_dim_v)
+        return stock, n * s.weight_macs + before + window + n * per_key * s.head_dim_v * n_win, rotated
+    return stock, stock + window, rotated
 
 
-def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int, int]:
+def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int, *, flash_attn: bool = False) -> Tuple[int, int, int]:
     """(stock, exact, keys re-rotated) multiply-adds of evaluating a prompt from position 0."""
     stock = exact = rotated = 0
     for p, n in _ubatches(n_prompt, n_ubatch):
-        st, ex, rot = prompt_macs_ubatch(s, p, n, w)
+        st, ex, rot = prompt_macs_ubatch(s, p, n, w, flash_attn=flash_attn)
         stock, exact, rotated = stock + st, exact + ex, rotated + rot
     return stock, exact, rotated
 
 
 def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int]:
     """(stock, exact) multiply-adds of evaluating a prompt from position 0 with flash attention: a ubatch
-    whose window holds 2 * n_gqa * n scratch cells (two per query and query head of a KV head) multiplies
-    the window's V once more; others are unfused."""
-    from selfextend_gguf.ubatch import flash_prompt_scratch
-
-    stock, exact = 0, 0
-    n_gqa = s.n_head // s.n_head_kv
-    per_key = s.n_layer * s.n_head
-    for p, n in _ubatches(n_prompt, n_ubatch):
-        st, ex, _ = prompt_macs_ubatch(s, p, n, w)
-        stock += st
-        exact += ex
-        n_win = ubatch_window(p, n, w)
-        if ex > st and flash_prompt_scratch(n, n_gqa) <= n_win:
-            exact += n * per_key * s.head_dim_v * n_win
+    whose window holds 2 * n_gqa * n scratch cells (two per query and query head of a KV head) runs one
+    flash attention over the cache and multiplies the window's V once more; others are unfused."""
+    stock, exact, _ = prompt_macs(s, n_prompt, n_ubatch, w, flash_attn=True)
     return stock, exact
 
 

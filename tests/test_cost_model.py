@@ -24,10 +24,15 @@ def test_shape_from_gguf(cm, tiny_llama_path):
     assert s.weight_macs == 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 96 * 64)
 
 
-def _enumerated_extra(cm, s, n_prompt, n_ubatch, w):
+def _enumerated_extra(cm, s, n_prompt, n_ubatch, w, flash_attn=False):
     """The exact graph's extra multiply-adds, from the cell sets enumerated pair by pair: a key is
     stored exact while it is within W of the newest position; the window of a ubatch is every key
-    that one of its queries sees as a neighbour, or sees grouped while it is still stored exact."""
+    that one of its queries sees as a neighbour, or sees grouped while it is still stored exact.
+    A window that starts after cell 0 is attended apart from the cells before it, which are scored
+    with one more column (the window's log-sum-exp) and multiplied with their V (no flash attention);
+    with flash attention, a window of at least two scratch cells per query and query head of a KV
+    head is multiplied with its V as well, and the rest takes the whole cache's product."""
+    L, H, dk, dv = s.n_layer, s.n_head, s.head_dim_k, s.head_dim_v
     extra = 0
     for p in range(0, n_prompt, n_ubatch):
         queries = range(p, min(p + n_ubatch, n_prompt))
@@ -39,11 +44,20 @@ def _enumerated_extra(cm, s, n_prompt, n_ubatch, w):
         window = nb | crossing
         assert window == set(range(min(window), max(window) + 1))  # consecutive: read in place
         n = len(queries)
-        extra += n * s.n_layer * s.n_head * s.head_dim_k * (len(window) + len(crossing))
+        n_kv = -(-(max(queries) + 1) // 256) * 256
+        before = set(range(0, min(window)))
+        scores = n * L * H * dk * (len(window) + len(crossing))
+        if flash_attn and 2 * (H // s.n_head_kv) * n <= len(window):
+            extra += scores + n * L * H * dv * len(window)
+        elif before and not flash_attn:
+            extra += scores + n * L * H * (dk * (len(before) + 1) + dv * (len(before) + len(window)) - n_kv * (dk + dv))
+        else:
+            extra += scores
     return extra
 
 
-@pytest.mark.parametrize("n_prompt,n_ubatch,w", [(300, 64, 40), (300, 64, 100), (130, 1, 16), (257, 32, 300)])
+@pytest.mark.parametrize("n_prompt,n_ubatch,w", [(300, 64, 40), (300, 64, 100), (130, 1, 16), (257, 32, 300),
+                                                 (700, 128, 300)])
 def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
     s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
     stock, exact, rotated = cm.prompt_macs(s, n_prompt, n_ubatch, w)
@@ -51,7 +65,7 @@ def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
     if w >= n_prompt:  # every ubatch takes the stock path
         assert (exact, rotated) == (stock, 0)
     else:
-        assert exact > stock and rotated > 0
+        assert exact != stock and rotated > 0
         # every key is re-rotated once at most (when it leaves the window), per layer and KV head
         assert rotated <= 2 * 2 * n_prompt
 
@@ -59,21 +73,34 @@ def test_prompt_count_matches_enumeration(cm, n_prompt, n_ubatch, w):
 def test_prompt_count_with_flash_attention(cm):
     s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
     # the ubatch of 8 queries at 100..107, W = 40: window 60..107 (48 cells), 2 x 2 x 8 = 32 scratch cells
-    # fit (two per query and query head of a KV head);
-    # flash attention adds the window's product with V to the unfused count
-    stock, exact, _ = cm.prompt_macs(s, 112, 8, 40)
-    stock_fa, exact_fa = cm.prompt_macs_fa(s, 112, 8, 40)
-    assert stock_fa == stock
+    # fit (two per query and query head of a KV head)
     assert cm.ubatch_window(100, 8, 40) == 48 and cm.ubatch_window(32, 8, 40) == 0
-    # the ubatches at 40, 48, ..., 104: 9 windows of 48 cells (the first from 0: 48 too)
-    assert exact_fa - exact == 8 * 2 * 4 * 8 * 48 * 9
-    # W = 4: a window of 4 + 8 (+ 4 leaving) cells cannot hold 32 scratch cells: unfused, no extra
-    assert cm.prompt_macs_fa(s, 112, 8, 4)[1] == cm.prompt_macs(s, 112, 8, 4)[1]
-    # W = 20: windows of 28 cells hold one scratch cell per query and head but not two: unfused;
+    for w in (4, 20, 24, 40):
+        stock, exact = cm.prompt_macs_fa(s, 112, 8, w)
+        assert stock == cm.prompt_macs(s, 112, 8, w)[0]
+        assert exact - stock == _enumerated_extra(cm, s, 112, 8, w, flash_attn=True)
+    # the ubatches at 40, 48, ..., 104: 9 windows of 48 cells (the first from 0: 48 too), each scored
+    # with its keys that leave it, and multiplied with its V
+    stock, exact = cm.prompt_macs_fa(s, 112, 8, 40)
+    assert exact - stock == 9 * 8 * 2 * 4 * (16 * (48 + 8) + 8 * 48)
+    # W = 20: windows of 28 cells hold one scratch cell per query and head but not two: unfused (the
+    # whole cache, as the cache made for flash attention does not hold V transposed);
     # W = 24: windows of 32 cells hold both
     assert cm.ubatch_window(100, 8, 20) == 28 and cm.ubatch_window(100, 8, 24) == 32
-    assert cm.prompt_macs_fa(s, 112, 8, 20)[1] == cm.prompt_macs(s, 112, 8, 20)[1]
-    assert cm.prompt_macs_fa(s, 112, 8, 24)[1] > cm.prompt_macs(s, 112, 8, 24)[1]
+    unfused = cm.prompt_macs_ubatch(s, 100, 8, 20, flash_attn=True)
+    assert unfused[1] - unfused[0] == 8 * 2 * 4 * 16 * (28 + 8)
+    fused = cm.prompt_macs_ubatch(s, 100, 8, 24, flash_attn=True)
+    assert fused[1] - fused[0] == 8 * 2 * 4 * (16 * (32 + 8) + 8 * 32)
+
+
+def test_prompt_count_split_costs_less_than_the_whole_cache(cm):
+    # the ubatch of 8 at 300..307, W = 40: window 260..307 (48 cells), cells 0..259 before it; the stock
+    # graph multiplies 512 cells (307 used, padded to 256), the split one 261 + 48 scores and 308 rows of V
+    s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
+    stock, exact, _ = cm.prompt_macs_ubatch(s, 300, 8, 40)
+    assert stock == 8 * 1000 + 8 * 2 * 4 * 512 * (16 + 8)
+    assert exact == 8 * 1000 + 8 * 2 * 4 * (16 * (261 + 48 + 8) + 8 * 308)
+    assert exact < stock
 
 
 def test_decode_count(cm):
