@@ -211,6 +211,20 @@ def test_api_arguments_and_state(llama_cpp, models):
 # (a) against the oracle
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prompt_window_apart_matches_oracle(llama_cpp, models, arch):
+    """Without flash attention, a prompt ubatch whose window starts after cell 0 attends the window
+    apart and enters its log-sum-exp into the softmax of the cells before it (patches/0010), a block
+    padded to 16 cells: W = 20 and ubatches of 24 put the window's first cell at 4 or 12 modulo 16,
+    so the padding covers cells of the window, which must stay masked."""
+    n, g, w = 240, 4, 20
+    tokens = _tokens(n, seed=11)
+    got = _run(llama_cpp, models[arch], tokens, g=g, w=w, n_batch=n, n_ubatch=24)
+    err = no.rel_max_err(got, _oracle(models[arch], tokens, g, w))
+    print(f"\n[window apart] {arch} G={g} W={w} n={n} ubatch 24: rel max err vs oracle {err:.2e}")
+    assert err <= TOL
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "llama_scaled"])
 @pytest.mark.parametrize("g,w,n", [(2, 4, 128), (4, 8, 256), (3, 5, 192), (8, 16, 256)])
 def test_exact_matches_oracle(llama_cpp, models, arch, g, w, n):
