@@ -59,8 +59,8 @@ def default_window(n_ctx_train: int) -> int:
     beyond ``L`` than 1024 and 512 at 3x and 4x ``L`` (shift mode too, at 3x), for 1-2% of exact
     mode's prompt speed; with flash attention on it cost exact mode's decode 12% on one 2-core VM
     and 3% on another, one run each (docs/evaluation.md, docs/exact-storage.md). At most 2048, the
-    widest window measured: the window's scores are computed twice in exact mode's prompt path, so
-    a much wider one costs more.
+    widest window measured: exact mode's prompt path attends the window unfused, apart from the
+    rest of the cache, so a much wider one costs more.
     """
     w = 1 << max(0, int(math.log2(max(1, n_ctx_train // 4))))
     return max(1, min(w, 2048))
