@@ -57,3 +57,17 @@ def test_dep3_header(name):
         f"{name}: Forwarded must be no, not-needed or a URL, not {forwarded!r}"
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", fields.get("Last-Update", "")), f"{name}: Last-Update YYYY-MM-DD"
     assert "diff --git" in path.read_text()
+
+
+_RATIO = re.compile(r"\b\d+\.\d+x\b")  # a speed ratio as the README writes it, e.g. 0.88x
+
+
+@pytest.mark.parametrize("name", _series())
+def test_header_ratios_are_the_readmes(name):
+    """A ratio a patch header gives (exact mode against the stock library) is one the README's
+    cost table gives: the two are read by different people and must not tell different stories.
+    A patch's own before/after evidence is given in tokens/s or percent instead."""
+    readme = set(_RATIO.findall((PATCHES.parent / "README.md").read_text()))
+    head = (PATCHES / name).read_text().partition("\n---\n")[0]
+    stray = sorted(set(_RATIO.findall(head)) - readme)
+    assert not stray, f"{name}: ratios not in the README: {', '.join(stray)}"
