@@ -9,10 +9,12 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
   (patches/0010): the window of the ubatch (the W + n cells within W of one of its queries, and
   the one key before them that all of them see grouped) against the exact queries, the keys that
   leave the window with this ubatch (at most n) against the grouped queries, and the cells before
-  the window, plus one column for the window's log-sum-exp, against the grouped queries; V is read
-  in place and multiplied once, over the used cells only (the stock graph multiplies the cache
-  padded to 256 cells), so a ubatch can cost less than stock;
-- the ubatch whose window starts at cell 0, and those of a cache made for flash attention that
+  the window, padded to 16 cells, plus a block of 16 columns that holds the window's log-sum-exp,
+  against the grouped queries; V is read in place and multiplied once, over the used cells and the
+  padding only (the stock graph multiplies the cache padded to 256 cells), so a ubatch can cost
+  less than stock;
+- the ubatch whose window starts at cell 0 or is shorter than that padding, and those of a cache
+  made for flash attention that
   the flash-attention prompt below does not take: the whole cache against the grouped queries (the
   stock product), and the window and the keys that leave it once more, as above;
 - decoding: the W neighbours against the exact query and the one key that leaves the window
@@ -49,6 +51,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
+
+
+#: patches/0010 pads the block of the cells before the window to 16 cells on each side of the window's
+#: log-sum-exp column (llama_self_extend_gather::split_pad), for the CPU's GEMM
+SPLIT_PAD = 16
 
 
 def _pad(n: int, to: int) -> int:
@@ -119,10 +126,11 @@ def prompt_macs_ubatch(s: Shape, p: int, n: int, w: int, *, flash_attn: bool = F
         # one flash attention over the cache (the stock pass), and the window's own product with V
         return stock, stock + window + n * per_key * s.head_dim_v * n_win, rotated
     first = p + n - n_win  # the window's first cell
-    if first > 0 and not flash_attn:
-        # the cells before the window and the window's log-sum-exp, then V (transposed, as a cache without
-        # flash attention holds it) over the used cells
-        before = n * per_key * ((first + 1) * s.head_dim_k + first * s.head_dim_v)
+    c_lse = _pad(first, SPLIT_PAD)  # the window's log-sum-exp column, then SPLIT_PAD columns to its block's end
+    if first > 0 and not flash_attn and c_lse + SPLIT_PAD <= first + n_win:
+        # the cells before the window padded to c_lse, and the block of the log-sum-exp (masked cells of the
+        # window besides it), then V (transposed, as a cache without flash attention holds it) over c_lse cells
+        before = n * per_key * ((c_lse + SPLIT_PAD) * s.head_dim_k + c_lse * s.head_dim_v)
         return stock, n * s.weight_macs + before + window + n * per_key * s.head_dim_v * n_win, rotated
     return stock, stock + window, rotated
 

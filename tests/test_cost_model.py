@@ -49,8 +49,11 @@ def _enumerated_extra(cm, s, n_prompt, n_ubatch, w, flash_attn=False):
         scores = n * L * H * dk * (len(window) + len(crossing))
         if flash_attn and 2 * (H // s.n_head_kv) * n <= len(window):
             extra += scores + n * L * H * dv * len(window)
-        elif before and not flash_attn:
-            extra += scores + n * L * H * (dk * (len(before) + 1) + dv * (len(before) + len(window)) - n_kv * (dk + dv))
+        elif before and not flash_attn and -(-len(before) // 16) * 16 + 16 <= max(window) + 1:
+            # the cells before the window up to the next multiple of 16 (masked cells of the window), then a
+            # block of 16 columns whose first holds the window's log-sum-exp: all inside the used cells
+            padded = -(-len(before) // 16) * 16
+            extra += scores + n * L * H * (dk * (padded + 16) + dv * (padded + len(window)) - n_kv * (dk + dv))
         else:
             extra += scores
     return extra
@@ -95,12 +98,19 @@ def test_prompt_count_with_flash_attention(cm):
 
 def test_prompt_count_split_costs_less_than_the_whole_cache(cm):
     # the ubatch of 8 at 300..307, W = 40: window 260..307 (48 cells), cells 0..259 before it; the stock
-    # graph multiplies 512 cells (307 used, padded to 256), the split one 261 + 48 scores and 308 rows of V
+    # graph multiplies 512 cells (307 used, padded to 256), the split one scores the cells before the
+    # window padded to 272 and a block of 16 (the log-sum-exp's), the window (48) and the keys that
+    # leave it (8), and multiplies 272 + 48 rows of V
     s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
     stock, exact, _ = cm.prompt_macs_ubatch(s, 300, 8, 40)
     assert stock == 8 * 1000 + 8 * 2 * 4 * 512 * (16 + 8)
-    assert exact == 8 * 1000 + 8 * 2 * 4 * (16 * (261 + 48 + 8) + 8 * 308)
+    assert exact == 8 * 1000 + 8 * 2 * 4 * (16 * (288 + 48 + 8) + 8 * 320)
     assert exact < stock
+    # W = 4 (window 296..307, 12 cells): the padded block would end at 304 + 16 > 308, past the used
+    # cells, so the ubatch takes the whole cache's product, and the window's scores once more
+    whole = cm.prompt_macs_ubatch(s, 300, 8, 4)
+    assert cm.ubatch_window(300, 8, 4) == 12
+    assert whole[1] - whole[0] == 8 * 2 * 4 * 16 * (12 + 8)
 
 
 def test_decode_count(cm):
