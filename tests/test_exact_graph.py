@@ -499,6 +499,40 @@ def test_exact_kv_shift(llama_cpp, tmp_path):
     assert err <= 1e-5
 
 
+@pytest.mark.parametrize("p0", [0, 40])
+def test_exact_seq_div(llama_cpp, tmp_path, p0):
+    """Divide the positions of cells [p0, n) by 2 (llama_memory_seq_div, what llama.cpp's client-side
+    self-extend does), then decode one more token. With one layer the cached K and V depend on the
+    tokens only, so the last token's logits are the oracle's for its attention over the cells at
+    their new positions, each key exact or grouped by its new distance. The keys stored grouped
+    before the division must be moved to the form their new positions need by the K-shift."""
+    lc = llama_cpp
+    path = write_tiny_model(tmp_path / "llama1.gguf", arch="llama", n_layer=1, seed=23)
+    g, w, n, d = 4, 8, 150, 2
+    tokens = _tokens(n + 1, seed=19)
+    new_pos = np.array([j if j < p0 else j // d for j in range(n)])
+    q = int(new_pos.max()) + 1
+    llm = _open(lc, path)
+    try:
+        _clear(lc, llm)
+        assert _set_se(lc, llm, SE_EXACT, g, w) == 0
+        _decode(lc, llm, tokens[:n])
+        lc.llama_memory_seq_div(lc.llama_get_memory(llm.ctx), 0, p0, -1, d)
+        divided = _decode(lc, llm, tokens[n:], start=q)
+    finally:
+        llm.close()
+    # the oracle's last row: the new token at q against every cell at its new position
+    q_pos, k_pos = no.positions_stock(n + 1)
+    for j, pj in enumerate(list(new_pos) + [q]):
+        near = q - pj < w
+        q_pos[n, j] = q if near else q // g + w - w // g
+        k_pos[n, j] = pj if near else pj // g
+    ref = no.forward(path, tokens, q_pos, k_pos)[-1:]
+    err = no.rel_max_err(divided, ref)
+    print(f"\n[b] seq_div from {p0} by {d}: vs oracle {err:.2e}")
+    assert err <= TOL
+
+
 # ---------------------------------------------------------------------------------------------
 # iSWA (gemma3): self-extend on the full-attention layers, the sliding-window layers stay stock.
 # No oracle for gemma3 here: these check that the iSWA graph runs, is consistent across batch
