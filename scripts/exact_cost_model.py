@@ -13,10 +13,10 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
   against the grouped queries; V is read in place and multiplied once, over the used cells and the
   padding only (the stock graph multiplies the cache padded to 256 cells), so a ubatch can cost
   less than stock;
-- the ubatch whose window starts at cell 0 or is shorter than that padding, and those of a cache
-  made for flash attention that
-  the flash-attention prompt below does not take: the whole cache against the grouped queries (the
-  stock product), and the window and the keys that leave it once more, as above;
+- the ubatch whose window starts at cell 0 or whose padded block would reach past the used cells,
+  and those of a cache made for flash attention that the flash-attention prompt below does not
+  take: the whole cache against the grouped queries (the stock product), and the window and the
+  keys that leave it once more, as above;
 - decoding: the W neighbours against the exact query and the one key that leaves the window
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
   scattered into the row of the cache, so V is multiplied once;
