@@ -47,12 +47,12 @@ def _enumerated_extra(cm, s, n_prompt, n_ubatch, w, flash_attn=False):
         n_kv = -(-(max(queries) + 1) // 256) * 256
         before = set(range(0, min(window)))
         scores = n * L * H * dk * (len(window) + len(crossing))
+        # the cells before the window up to the next multiple of 16 (masked cells of the window), then a block
+        # of 16 columns whose first holds the window's log-sum-exp: the split needs all of them inside the used cells
+        padded = -(-len(before) // 16) * 16
         if flash_attn and 2 * (H // s.n_head_kv) * n <= len(window):
             extra += scores + n * L * H * dv * len(window)
-        elif before and not flash_attn and -(-len(before) // 16) * 16 + 16 <= max(window) + 1:
-            # the cells before the window up to the next multiple of 16 (masked cells of the window), then a
-            # block of 16 columns whose first holds the window's log-sum-exp: all inside the used cells
-            padded = -(-len(before) // 16) * 16
+        elif before and not flash_attn and padded + 16 <= max(window) + 1:
             extra += scores + n * L * H * (dk * (padded + 16) + dv * (padded + len(window)) - n_kv * (dk + dv))
         else:
             extra += scores
