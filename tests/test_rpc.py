@@ -30,7 +30,11 @@ from selfextend_gguf.rpc import RpcLlama, parse_endpoints
 SPLIT = [1.0, 2.0]
 KW = dict(n_ctx=128, n_batch=32, n_ubatch=32, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False)
 SETTINGS = {"stock": {}, "shift": dict(mode="shift", group_size=4, window=16),
-            "exact": dict(mode="exact", group_size=4, window=16)}
+            "exact": dict(mode="exact", group_size=4, window=16),
+            # exact mode's flash-attention prompt (ubatches of 4: the window of 16 holds their scratch cells),
+            # whose layers share one mask and write their window's weights into it
+            "exact-fa": dict(mode="exact", group_size=4, window=16, flash_attn=True, n_ubatch=4,
+                             type_k=1, type_v=1)}
 
 
 class RpcServer:
@@ -70,12 +74,12 @@ def servers():
 
 
 def _model(path, setting: str, rpc=None, **kw):
-    kwargs = {**KW, **kw}
+    kwargs = {**KW, **kw, **SETTINGS[setting]}
     if rpc:
         kwargs.update(rpc_servers=rpc, n_gpu_layers=-1, tensor_split=SPLIT)
     if setting == "stock":
         return RpcLlama(str(path), **kwargs)
-    return LongLlama(str(path), **SETTINGS[setting], **kwargs)
+    return LongLlama(str(path), **kwargs)
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))

@@ -40,6 +40,7 @@ __all__ = [
     "write_tiny_model",
     "special_token_ids",
     "write_tiny_gemma3",
+    "write_tiny_openelm",
 ]
 
 ARCHS = ("llama", "qwen2", "phi3")
@@ -383,6 +384,74 @@ def write_tiny_gemma3(
         mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
         vec(p + "post_ffw_norm.weight", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny_openelm(
+    path: str | Path,
+    *,
+    n_embd: int = 64,
+    head_dim: int = 16,
+    n_head: Sequence[int] = (2, 4),
+    n_head_kv: Sequence[int] = (1, 2),
+    n_ff: Sequence[int] = (64, 96),
+    context_length: int = 64,
+    seed: int = 0,
+) -> Path:
+    """A tiny random OpenELM: its layers differ in their number of query and KV heads (and FFN
+    width), which no other architecture here does; rope NEOX, q/k RMSNorm, a fused QKV weight.
+
+    Its query heads per KV head may still be the same in every layer (the default: 2), so that
+    code which checks only that ratio treats it as a model with one head layout. Not covered by
+    `tests/numpy_oracle.py`: compare its runs with one another."""
+    if not len(n_head) == len(n_head_kv) == len(n_ff):
+        raise ValueError("n_head, n_head_kv and n_ff need one entry per layer")
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    w = gguf.GGUFWriter(str(path), "openelm")
+    w.add_name("selfextend-gguf tiny openelm test model")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(len(n_head))
+    w.add_feed_forward_length(list(n_ff))
+    w.add_head_count(list(n_head))
+    w.add_head_count_kv(list(n_head_kv))
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(DEFAULT_N_VOCAB)
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    _write_tokenizer(w, "spm", DEFAULT_N_VOCAB)
+
+    def mat(name: str, rows: int, cols: int, std: float) -> None:
+        w.add_tensor(name, (rng.standard_normal((rows, cols)) * std).astype(np.float32))
+
+    def vec(name: str, n: int) -> None:
+        w.add_tensor(name, (1.0 + rng.standard_normal(n) * 0.1).astype(np.float32))
+
+    # the output projection is the token embedding (OpenELM ties them)
+    mat("token_embd.weight", DEFAULT_N_VOCAB, n_embd, 1.0)
+    vec("output_norm.weight", n_embd)
+    for il, (h, h_kv, ff) in enumerate(zip(n_head, n_head_kv, n_ff)):
+        p = f"blk.{il}."
+        vec(p + "attn_norm.weight", n_embd)
+        # [q; k; v]; the q/k norms bring the scores back to a few units, the scale of 2 keeps them there
+        mat(p + "attn_qkv.weight", (h + 2 * h_kv) * head_dim, n_embd, 2.0 / np.sqrt(n_embd))
+        vec(p + "attn_q_norm.weight", head_dim)
+        vec(p + "attn_k_norm.weight", head_dim)
+        mat(p + "attn_output.weight", n_embd, h * head_dim, 1.0 / np.sqrt(h * head_dim))
+        vec(p + "ffn_norm.weight", n_embd)
+        mat(p + "ffn_gate.weight", ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_up.weight", ff, n_embd, 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_down.weight", n_embd, ff, 1.0 / np.sqrt(ff))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
