@@ -250,8 +250,9 @@ class LongLlama(RpcLlama):
     def _sync_after_failed_decode(self) -> None:
         """After a failed ``llama_decode``, count as cached only what the cache still holds.
 
-        llama.cpp removes the failed batch from the cache, and in exact mode also the keys that
-        batch was re-storing in their grouped form (a few tokens before it), which
+        llama.cpp removes the failed batch from the cache, and in exact mode also every position
+        from the oldest cell that batch was rewriting in place (its keys leaving the window, and
+        with flash attention its window's keys: up to ``window`` tokens before it), which
         ``llama_cpp.Llama`` does not know: the next evaluation then starts from there again.
         """
         ctx = getattr(getattr(self, "_ctx", None), "ctx", None)
