@@ -131,6 +131,15 @@ def _write_tokenizer(w: gguf.GGUFWriter, tokenizer: str, n_vocab: int) -> None:
     assert len(tokens) == n_vocab
 
 
+def _write_out(w: gguf.GGUFWriter, path: Path) -> Path:
+    """Write the header, metadata and tensors that `w` holds to its file, and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def write_tiny_model(
     path: str | Path,
     *,
@@ -281,11 +290,7 @@ def write_tiny_model(
             mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _write_out(w, path)
 
 
 def write_tiny_gemma3(
@@ -384,11 +389,7 @@ def write_tiny_gemma3(
         mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
         vec(p + "post_ffw_norm.weight", n_embd)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _write_out(w, path)
 
 
 def write_tiny_openelm(
@@ -452,11 +453,7 @@ def write_tiny_openelm(
         mat(p + "ffn_gate.weight", ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_up.weight", ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, ff, 1.0 / np.sqrt(ff))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _write_out(w, path)
 
 
 #: architectures that SelfExtend cannot apply to, for `write_tiny_unsupported`
@@ -567,8 +564,4 @@ def write_tiny_unsupported(path: str | Path, arch: str, *, n_embd: int = 32, n_l
                 t(p + "ffn_up.weight", n_ff, n_embd)
                 t(p + "ffn_down.weight", n_embd, n_ff)
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _write_out(w, path)
