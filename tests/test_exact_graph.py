@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -380,14 +381,14 @@ FA_CACHES = {"f16": (GGML_TYPE_F16, GGML_TYPE_F16), "f32": (GGML_TYPE_F32, GGML_
 @pytest.mark.parametrize("arch,cache", [
     *[(a, "f16") for a in ("llama", "phi3", "qwen2_hd64", "llama_scaled")],
     ("llama", "f32"),  # cast to F16 for the flash attention, restored from F32
-    # quantized K decodes unfused with flash attention on (it could not be restored bit-exact after the
-    # rotation in place; test_backend_audit checks the graph): the same bound. These caches need
-    # head_dim % 32; hd64 is also Hadamard-rotated
+    # q8_0 and q4_0 K take the flash-attention decode too (patches/0011: restored from F32 to the same
+    # bytes, test_flash_attention_decode_restores_the_keys_it_rotates), with their rotated keys quantized
+    # for the step: the same bound. These caches need head_dim % 32; hd64 is also Hadamard-rotated
     ("llama_hd32", "q8_0"), ("qwen2_hd64", "q8_0"), ("llama_hd32", "q4_0"), ("qwen2_hd64", "q4_0"),
 ])
 def test_flash_attention_decode(llama_cpp, models, arch, cache):
-    """With flash_attn=True exact mode decodes through ggml_flash_attn_ext (F16/F32 K): for each
-    step the neighbours are rotated by the query's own rotation in their own cells, and restored
+    """With flash_attn=True exact mode decodes through ggml_flash_attn_ext (F16/F32/q8_0/q4_0 K):
+    for each step the neighbours are rotated by the query's own rotation in their own cells, and restored
     after it (test_backend_audit checks that the graph has the op). The cache is full at the end
     (256 cells). Against the oracle, at every decoded token, it deviates no more than the stock
     library's flash attention with the same cache deviates from its unfused F32 run (3x, plus 1e-3
@@ -407,6 +408,68 @@ def test_flash_attention_decode(llama_cpp, models, arch, cache):
     e_stock = no.rel_max_err(stock_fa[-tail:], stock_f32[-tail:])
     print(f"\n[fa] {arch} {cache}: exact FA decode vs oracle {e_exact:.2e}; stock FA vs F32 {e_stock:.2e}")
     assert e_exact <= 3 * e_stock + 1e-3
+
+
+def _state_k_rows(lc, llm, type_k: int) -> list[list[bytes]]:
+    """The K rows of every layer in sequence 0's saved state, one per cell in cell order: the state
+    holds, after the cells' metadata, V's layout flag, the layer count, then per layer K's type,
+    its row size and its rows."""
+    n = lc.llama_state_seq_get_size(llm.ctx, 0)
+    buf = (ctypes.c_uint8 * n)()
+    assert lc.llama_state_seq_get_data(llm.ctx, buf, n, 0) == n
+    data = bytes(buf)
+    n_layer = lc.llama_model_n_layer(llm.model)
+    n_cells = llm.n_tokens
+    # the row size is the one value not known up front: take the first layer header that fits
+    for row in range(1, 4096):
+        at = data.find(struct.pack("<IIiQ", 0, n_layer, type_k, row))
+        if at >= 0:
+            at += 20
+            break
+    else:
+        raise AssertionError("no K layer header of the expected type in the state")
+    layers = []
+    for il in range(n_layer):
+        if il:
+            assert struct.unpack_from("<iQ", data, at) == (type_k, row)
+            at += 12
+        layers.append([data[at + c * row: at + (c + 1) * row] for c in range(n_cells)])
+        at += n_cells * row
+    return layers
+
+
+@pytest.mark.parametrize("arch,cache", [
+    ("llama_hd32", "q8_0"), ("llama_hd32", "q4_0"), ("qwen2_hd64", "q8_0"), ("qwen2_hd64", "q4_0"), ("llama", "f16"),
+])
+def test_flash_attention_decode_restores_the_keys_it_rotates(llama_cpp, models, arch, cache):
+    """The flash-attention decode rotates the window's keys in their own cells for the step and
+    writes them back from an F32 copy. For q8_0 and q4_0 that copy quantizes back to the bytes
+    that were there (patches/0011; hd64 caches are Hadamard-rotated as well). After 96 decoded
+    tokens, each quantized again at every step while it was in the window, every key of the first
+    layer (whose keys depend on the tokens only) still in the window is stored byte for byte as
+    the stock library stores it, and the keys before the window (grouped) are not: a restore off
+    by one quant in one element, or a key left rotated, fails the first check, a state read at
+    the wrong offset the second."""
+    lc = llama_cpp
+    path = models[arch]
+    type_k, type_v = FA_CACHES[cache]
+    g, w, n, tail = 4, 16, 128, 96
+    tokens = _tokens(n, seed=41)
+    rows = {}
+    for mode in (SE_EXACT, SE_NONE):
+        llm = _open(lc, path, n_ctx=256, n_batch=32, type_k=type_k, type_v=type_v, flash_attn=True)
+        try:
+            _clear(lc, llm)
+            assert _set_se(lc, llm, mode, g, w) == 0
+            _decode(lc, llm, tokens, chunk=n - tail, tail=tail)
+            llm.n_tokens = n
+            rows[mode] = _state_k_rows(lc, llm, type_k)
+        finally:
+            llm.close()
+    exact, stock = rows[SE_EXACT][0], rows[SE_NONE][0]
+    assert exact[n - w + 1:] == stock[n - w + 1:], "a key in the window differs from the stock library's"
+    differ = sum(a != b for a, b in zip(exact[1:n - w], stock[1:n - w]))
+    assert differ >= 0.9 * (n - w - 1), f"only {differ} of the grouped keys differ from the stock library's"
 
 
 @pytest.mark.parametrize("arch,cache", [
