@@ -132,14 +132,18 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
         placed_exact, placed_stock = {}, {}
         exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, placement=placed_exact, **kw)
         stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, placement=placed_stock, **kw)
-        if fa:
+        if fa and type_k in (F32, F16, Q8_0):
             # prompt ubatches of 64 tokens are unfused (a window of W + 64 cells cannot hold two scratch cells
             # per query and query head); ubatches of 2 run flash attention with the window's output in scratch
             # cells (the LOG of its log-sum-exp is only in that graph); the two single-token decodes use flash
             # attention, in a cache whose 256 cells are all read (no room past the used ones is needed), also
-            # with a q8_0 or q4_0 K, whose rotated keys are restored from F32 to the same bytes (patches/0011)
+            # with a q8_0 K, whose rotated keys are restored from F32 to the same bytes (patches/0011)
             assert any(k[0] == "FLASH_ATTN_EXT" for k in exact)
             assert any(k[0] == "LOG" for k in exact) == (cache == "f16 flash prompt")
+        elif fa and model != "gemma3_iswa":  # whose sliding-window layers are stock, with flash attention
+            # q4_0 decodes unfused: Metal reads its scale for the second nibble in half precision, so a restore
+            # from F32 could change it
+            assert not any(k[0] == "FLASH_ATTN_EXT" for k in exact)
     finally:
         lc.llama_model_free(model_ptr)
         llm.close()

@@ -381,13 +381,14 @@ FA_CACHES = {"f16": (GGML_TYPE_F16, GGML_TYPE_F16), "f32": (GGML_TYPE_F32, GGML_
 @pytest.mark.parametrize("arch,cache", [
     *[(a, "f16") for a in ("llama", "phi3", "qwen2_hd64", "llama_scaled")],
     ("llama", "f32"),  # cast to F16 for the flash attention, restored from F32
-    # q8_0 and q4_0 K take the flash-attention decode too (patches/0011: restored from F32 to the same
-    # bytes, test_flash_attention_decode_restores_the_keys_it_rotates), with their rotated keys quantized
-    # for the step: the same bound. These caches need head_dim % 32; hd64 is also Hadamard-rotated
+    # q8_0 K takes the flash-attention decode too (patches/0011: restored from F32 to the same bytes,
+    # test_flash_attention_decode_restores_the_keys_it_rotates), with its rotated keys quantized for the
+    # step; q4_0 decodes unfused: the same bound. These caches need head_dim % 32; hd64 is also
+    # Hadamard-rotated
     ("llama_hd32", "q8_0"), ("qwen2_hd64", "q8_0"), ("llama_hd32", "q4_0"), ("qwen2_hd64", "q4_0"),
 ])
 def test_flash_attention_decode(llama_cpp, models, arch, cache):
-    """With flash_attn=True exact mode decodes through ggml_flash_attn_ext (F16/F32/q8_0/q4_0 K):
+    """With flash_attn=True exact mode decodes through ggml_flash_attn_ext (F16/F32/q8_0 K):
     for each step the neighbours are rotated by the query's own rotation in their own cells, and restored
     after it (test_backend_audit checks that the graph has the op). The cache is full at the end
     (256 cells). Against the oracle, at every decoded token, it deviates no more than the stock
@@ -439,12 +440,12 @@ def _state_k_rows(lc, llm, type_k: int) -> list[list[bytes]]:
 
 
 @pytest.mark.parametrize("arch,cache", [
-    ("llama_hd32", "q8_0"), ("llama_hd32", "q4_0"), ("qwen2_hd64", "q8_0"), ("qwen2_hd64", "q4_0"), ("llama", "f16"),
+    ("llama_hd32", "q8_0"), ("qwen2_hd64", "q8_0"), ("llama", "f16"),
 ])
 def test_flash_attention_decode_restores_the_keys_it_rotates(llama_cpp, models, arch, cache):
     """The flash-attention decode rotates the window's keys in their own cells for the step and
-    writes them back from an F32 copy. For q8_0 and q4_0 that copy quantizes back to the bytes
-    that were there (patches/0011; hd64 caches are Hadamard-rotated as well). After 96 decoded
+    writes them back from an F32 copy. For q8_0 that copy quantizes back to the bytes that were
+    there (patches/0011; hd64 caches are Hadamard-rotated as well). After 96 decoded
     tokens, each quantized again at every step while it was in the window, every key of the first
     layer (whose keys depend on the tokens only) still in the window is stored byte for byte as
     the stock library stores it, and the keys before the window (grouped) are not: a restore off
