@@ -411,17 +411,17 @@ def test_flash_attention_decode(llama_cpp, models, arch, cache):
     assert e_exact <= 3 * e_stock + 1e-3
 
 
-def _state_k_rows(lc, llm, type_k: int) -> list[list[bytes]]:
-    """The K rows of every layer in sequence 0's saved state, one per cell in cell order: the state
-    holds, after the cells' metadata, V's layout flag, the layer count, then per layer K's type,
-    its row size and its rows."""
+def _state_k_rows(lc, llm, type_k: int, n_cells: int) -> list[list[bytes]]:
+    """The K rows of every layer in sequence 0's saved state (n_cells cells), one per cell in cell
+    order: the state holds, after the cells' metadata, V's layout flag, the layer count, then per
+    layer K's type, its row size and its rows."""
     n = lc.llama_state_seq_get_size(llm.ctx, 0)
     buf = (ctypes.c_uint8 * n)()
     assert lc.llama_state_seq_get_data(llm.ctx, buf, n, 0) == n
     data = bytes(buf)
     n_layer = lc.llama_model_n_layer(llm.model)
-    n_cells = llm.n_tokens
-    # the row size is the one value not known up front: take the first layer header that fits
+    # the row size is the one value not known up front: the first full layer header that fits (the
+    # 12 bytes before it alone can occur earlier in the state by chance)
     for row in range(1, 4096):
         at = data.find(struct.pack("<IIiQ", 0, n_layer, type_k, row))
         if at >= 0:
@@ -463,8 +463,7 @@ def test_flash_attention_decode_restores_the_keys_it_rotates(llama_cpp, models, 
             _clear(lc, llm)
             assert _set_se(lc, llm, mode, g, w) == 0
             _decode(lc, llm, tokens, chunk=n - tail, tail=tail)
-            llm.n_tokens = n
-            rows[mode] = _state_k_rows(lc, llm, type_k)
+            rows[mode] = _state_k_rows(lc, llm, type_k, n)
         finally:
             llm.close()
     exact, stock = rows[SE_EXACT][0], rows[SE_NONE][0]
