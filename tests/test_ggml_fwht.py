@@ -1,0 +1,116 @@
+"""ggml-cpu's Walsh-Hadamard transform (patches/0012) against NumPy's matrix product.
+
+A quantized KV cache with a head size that is a power of two holds K (and V) in a Hadamard basis:
+llama.cpp multiplies by the normalized Walsh-Hadamard matrix with ``ggml_mul_mat`` and the hint
+``GGML_HINT_SRC0_IS_HADAMARD``, which the CPU backend computes as a fast transform (it does not
+read the matrix). patches/0012 computes the transform's first passes as products with a small
+Hadamard matrix in vector registers. These tests build that one op through ggml's C API (ctypes)
+and compare it with ``x @ H / sqrt(n)`` in float64, for every size from below one vector to
+several, F32 and F16 inputs, and rows split over threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
+GGML_HINT_SRC0_IS_HADAMARD = 1
+
+
+class GgmlInitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    """libggml-base and libggml-cpu of the library selfextend_gguf loads, with the calls used here typed."""
+    from selfextend_gguf import load_llama_cpp
+
+    lib_dir = Path(load_llama_cpp().llama_cpp._base_path)
+    libs = {}
+    for stem in ("ggml-base", "ggml-cpu"):
+        for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+            if (lib_dir / name).exists():
+                libs[stem] = ctypes.CDLL(str(lib_dir / name))
+                break
+        else:
+            pytest.fail(f"no {stem} library in {lib_dir}")
+    base, cpu = libs["ggml-base"], libs["ggml-cpu"]
+    vp = ctypes.c_void_p
+    base.ggml_init.restype, base.ggml_init.argtypes = vp, [GgmlInitParams]
+    base.ggml_free.argtypes = [vp]
+    base.ggml_new_tensor_2d.restype = vp
+    base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_mul_mat.restype, base.ggml_mul_mat.argtypes = vp, [vp, vp, vp]
+    base.ggml_mul_mat_set_hint.argtypes = [vp, ctypes.c_int]
+    base.ggml_new_graph.restype, base.ggml_new_graph.argtypes = vp, [vp]
+    base.ggml_build_forward_expand.argtypes = [vp, vp]
+    base.ggml_get_data.restype, base.ggml_get_data.argtypes = vp, [vp]
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+    return base, cpu
+
+
+def hadamard(n: int) -> np.ndarray:
+    """The normalized n x n Walsh-Hadamard matrix (Sylvester's construction), float64."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h / np.sqrt(n)
+
+
+def fwht(ggml, x: np.ndarray, n_threads: int) -> np.ndarray:
+    """ggml_mul_mat(H, x) with the Hadamard hint, computed by the CPU backend: x is [rows, n]."""
+    base, cpu = ggml
+    rows, n = x.shape
+    mem = 4 * n * n + x.nbytes + 4 * x.size + (1 << 20)
+    ctx = base.ggml_init(GgmlInitParams(mem, None, False))
+    assert ctx, "ggml_init failed"
+    try:
+        h = base.ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, n)
+        src = base.ggml_new_tensor_2d(ctx, GGML_TYPE_F16 if x.dtype == np.float16 else GGML_TYPE_F32, n, rows)
+        # the CPU's transform does not read H; a backend that multiplies does
+        ctypes.memmove(base.ggml_get_data(h), hadamard(n).astype(np.float32).tobytes(), 4 * n * n)
+        ctypes.memmove(base.ggml_get_data(src), np.ascontiguousarray(x).tobytes(), x.nbytes)
+        out = base.ggml_mul_mat(ctx, h, src)
+        base.ggml_mul_mat_set_hint(out, GGML_HINT_SRC0_IS_HADAMARD)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, out)
+        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, n_threads) == 0
+        buf = (ctypes.c_float * (rows * n)).from_address(base.ggml_get_data(out))
+        return np.frombuffer(buf, dtype=np.float32).reshape(rows, n).copy()
+    finally:
+        base.ggml_free(ctx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("n", [2, 4, 8, 16, 32, 64, 128, 256, 512])
+def test_fwht_equals_the_hadamard_product(ggml, n, dtype):
+    """Sizes below, at and above every CPU's vector width (4, 8 or 16 floats), so that the scalar
+    passes, the vector block passes and the vector butterflies all run, alone and together."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((37, n)) * rng.uniform(0.01, 100.0, (37, 1))).astype(dtype)
+    got = fwht(ggml, x, n_threads=2)
+    want = x.astype(np.float64) @ hadamard(n)
+    # float32 rounding of log2(n) passes: far below any wrong sign or lane (an error of order |x|)
+    err = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+    assert err.max() < 1e-6, f"n={n}: relative error {err.max():.3g} in row {err.argmax()}"
+
+
+def test_fwht_rows_are_independent_of_the_thread_split(ggml):
+    """Every row is transformed alone: one thread and three give bit-identical rows."""
+    x = np.random.default_rng(7).standard_normal((101, 64)).astype(np.float32)
+    one = fwht(ggml, x, n_threads=1)
+    assert np.array_equal(one, fwht(ggml, x, n_threads=3))
+    assert np.array_equal(one[50:51], fwht(ggml, x[50:51], n_threads=1))
+
+
+def test_fwht_is_its_own_inverse(ggml):
+    """The normalized transform is orthogonal and symmetric: applied twice it gives x back."""
+    x = np.random.default_rng(3).standard_normal((16, 128)).astype(np.float32)
+    back = fwht(ggml, fwht(ggml, x, n_threads=2), n_threads=2)
+    assert np.abs(back - x).max() < 1e-5 * np.abs(x).max()
