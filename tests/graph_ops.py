@@ -16,9 +16,20 @@ from __future__ import annotations
 import ctypes
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 OpKey = Tuple[str, str, Optional[str], Optional[str]]
+
+
+class Node(NamedTuple):
+    """One computed node: the index of its batch in ``batches``, its op (as in `OpKey`), its name,
+    its shape (``ne``) and the name of its first source."""
+
+    batch: int
+    op: str
+    name: str
+    ne: Tuple[int, ...]
+    src0: Optional[str]
 
 GGML_MAX_DIMS = 4
 GGML_MAX_OP_PARAMS = 64
@@ -78,6 +89,7 @@ def collect_ops(
     type_v: int = 0,
     flash_attn: bool = False,
     placement: Optional[Dict[OpKey, Set[str]]] = None,
+    nodes: Optional[List[Node]] = None,
     **ctx_params,
 ) -> Set[OpKey]:
     """Decode ``batches`` (token lists, one llama_decode each, sequence 0, consecutive positions)
@@ -86,9 +98,11 @@ def collect_ops(
 
     Extra ``ctx_params`` are set on ``llama_context_params`` (e.g. ``rope_scaling_type``).
     ``placement``, when given, receives for each key the names of the buffers its nodes were
-    computed in (``ggml_backend_buffer_name``: "CPU", "CUDA0", ...), i.e. the backends that ran it."""
+    computed in (``ggml_backend_buffer_name``: "CPU", "CUDA0", ...), i.e. the backends that ran it.
+    ``nodes``, when given, receives a `Node` for every node, in the order they are computed."""
     base = _ggml_base(str(Path(lc.llama_cpp._base_path)))
     seen: Set[OpKey] = set()
+    current = [0]  # the index of the batch being decoded
 
     def tname(ptr: Optional[int]) -> Optional[str]:
         return base.ggml_type_name(GgmlTensor.from_address(ptr).type).decode() if ptr else None
@@ -101,6 +115,9 @@ def collect_ops(
             seen.add(key)
             if placement is not None and x.buffer:
                 placement.setdefault(key, set()).add(base.ggml_backend_buffer_name(x.buffer).decode())
+            if nodes is not None:
+                src0 = GgmlTensor.from_address(x.src[0]).name.decode() if x.src[0] else None
+                nodes.append(Node(current[0], key[0], x.name.decode(), tuple(x.ne), src0))
         return False
 
     p = lc.llama_context_default_params()
@@ -128,7 +145,7 @@ def collect_ops(
         if rc != 0:
             raise RuntimeError(f"llama_set_self_extend{self_extend} returned {rc}")
         pos = 0
-        for part in batches:
+        for current[0], part in enumerate(batches):
             batch.n_tokens = len(part)
             for i, t in enumerate(part):
                 batch.token[i] = int(t)

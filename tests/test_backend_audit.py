@@ -184,3 +184,45 @@ def test_cpu_backend_is_built_without_amx():
     info = llama_cpp.llama_print_system_info().decode()
     assert "CPU :" in info, info
     assert "AMX_INT8 = 1" not in info, f"the CPU backend was built with AMX: {info}"
+
+
+@pytest.mark.parametrize("cache", ["f16", "q8_0 K"])
+def test_unfused_decode_reads_its_window_in_place(lc, models, cache):
+    """Without flash attention, a decode whose window is in position order in the cache scores its
+    neighbours against the keys as stored, in place, as a prompt ubatch does (patches/0013): from
+    the K cache it gathers only the key that leaves the window, not its W neighbours as well. It
+    writes the window's scores into the columns of the whole cache's; unlike a prompt ubatch it
+    does not attend the window apart (``kq_before``: W = 20 puts the window's first cell at 0 or
+    11-15 modulo 16 in 6 of the 16 decodes, where a prompt ubatch would). The flash-attention
+    decode still gathers the window, whose keys it moves to the grouped query."""
+    from graph_ops import Node
+
+    type_k, type_v, _ = CACHES[cache]
+    window, n_prompt, n_decode = 20, 70, 16
+    toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, n_prompt + n_decode)]
+    batches = [toks[:n_prompt]] + [[t] for t in toks[n_prompt:]]
+    path = models["qwen2_hd64"]
+    llm = lc.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)  # initialises the backend
+    model_ptr = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+    assert model_ptr
+
+    def decode_nodes(flash_attn: bool) -> list:
+        nodes: list[Node] = []
+        collect_ops(lc, model_ptr, batches, self_extend=(1, 4, window), type_k=type_k, type_v=type_v,
+                    flash_attn=flash_attn, nodes=nodes)
+        return [n for n in nodes if n.batch > 0]
+
+    def k_gathers(nodes: list) -> list:
+        # GET_ROWS of the first layer's K cache: [n_embd_k_gqa, rows]
+        return [n.ne[1] for n in nodes if n.op == "GET_ROWS" and (n.src0 or "").startswith("cache_k_l0")]
+
+    try:
+        nodes = decode_nodes(flash_attn=False)
+        assert k_gathers(nodes) == [1] * n_decode
+        assert not any(n.name == "kq_before-0" for n in nodes)
+        if type_k == F16:
+            # per decode: the window and the key that leaves it, and the copy they are restored from
+            assert k_gathers(decode_nodes(flash_attn=True)) == [window + 1] * (2 * n_decode)
+    finally:
+        lc.llama_model_free(model_ptr)
+        llm.close()

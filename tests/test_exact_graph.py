@@ -226,6 +226,20 @@ def test_prompt_window_apart_matches_oracle(llama_cpp, models, arch):
     assert err <= TOL
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_decode_window_in_place_matches_oracle(llama_cpp, models, arch):
+    """Without flash attention, a decode whose window is in position order reads it in place
+    (patches/0013): its scores against the keys as stored replace the grouped query's in the
+    columns of the window, and the first cell of the window, which leaves it, is scored grouped.
+    160 tokens, the last 120 one by one."""
+    n, g, w = 160, 4, 20
+    tokens = _tokens(n, seed=12)
+    got = _run(llama_cpp, models[arch], tokens, g=g, w=w, tail=120)
+    err = no.rel_max_err(got, _oracle(models[arch], tokens, g, w))
+    print(f"\n[decode in place] {arch} G={g} W={w} n={n}: rel max err vs oracle {err:.2e}")
+    assert err <= TOL
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "llama_scaled"])
 @pytest.mark.parametrize("g,w,n", [(2, 4, 128), (4, 8, 256), (3, 5, 192), (8, 16, 256)])
 def test_exact_matches_oracle(llama_cpp, models, arch, g, w, n):
