@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Prompt throughput of several methods on one prompt, chunk by chunk in turn, in one process.
+"""Prompt throughput of several methods on one prompt, chunk by chunk in turn, in one process,
+and then, with ``--decode N``, their decode throughput, N tokens each in turn.
 
 ``selfextend-gguf bench`` evaluates each method's whole prompt in turn: at 32k tokens that is 12
 minutes per method on 2 cores, and a shared machine's speed drifts by 10-15% over such spans (the
@@ -8,6 +9,11 @@ sequential runs carries that drift. Here every method has its own context, all i
 the prompt is fed to them in chunks, in rotating order: each chunk's ratios come from timings a few
 seconds apart, and the per-chunk rows show how the ratio changes with the position in the context.
 
+A decode costs seconds where its prompt costs minutes, so one burst of load on the machine moves a
+decode's ratio between two runs by 20% and more. ``--decode N --rounds R`` has the models decode
+the same N tokens one by one, each in turn, R times: the ratio of each round comes from timings a
+few seconds apart, and the median over the rounds is what is reported.
+
 The contexts are independent (:func:`interleave` checks nothing is shared); the last token's logits
 of each are returned so a caller can compare them with a run of that method alone.
 
@@ -15,6 +21,8 @@ Usage::
 
     .venv/bin/python scripts/prompt_interleaved.py --n-ctx 32768 --chunk 2048 \\
         --methods none exact@G8W1024 exact@G8W1024:128 --flash-attn off --out /tmp/ab32.json
+    .venv/bin/python scripts/prompt_interleaved.py --n-ctx 16384 --methods none exact \\
+        --decode 32 --rounds 8 --out /tmp/decode16.json
 """
 
 from __future__ import annotations
@@ -83,6 +91,32 @@ def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
     return rows, {label: last_logits(llm) for label, llm in llms.items()}
 
 
+def decode_interleaved(llms: Dict[str, Any], tokens: Sequence[int], rounds: int) -> List[Dict[str, Any]]:
+    """After the prompt, every model decodes ``tokens`` one by one, the models in rotating order, and
+    this ``rounds`` times, each round continuing the sequence (every model ends with the same tokens).
+
+    Returns one row per round: its first position ``p0``, ``n`` and each label's seconds.
+    """
+    if rounds < 1 or not tokens:
+        raise ValueError(f"give at least one round of at least one token, got {rounds} rounds of {len(tokens)}")
+    labels = list(llms)
+    n_ctx = {label: llm.n_ctx() - llm.n_tokens for label, llm in llms.items()}
+    if min(n_ctx.values()) < rounds * len(tokens):
+        raise ValueError(f"{rounds} rounds of {len(tokens)} tokens do not fit in the context left: {n_ctx}")
+    rows = []
+    for i in range(rounds):
+        row: Dict[str, Any] = {"p0": llms[labels[0]].n_tokens, "n": len(tokens)}
+        k = i % len(labels)
+        for label in labels[k:] + labels[:k]:
+            llm = llms[label]
+            t0 = time.perf_counter()
+            for token in tokens:
+                llm.eval([token])
+            row[label] = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
 def summarize(rows: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Dict[str, Any]:
     """Tokens/s of each label over all chunks, and each label's ratio to the first one (> 1: faster)."""
     n = sum(r["n"] for r in rows)
@@ -90,7 +124,8 @@ def summarize(rows: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Dict[str
     base = labels[0]
     return {"tokens": n, "seconds": seconds, "tps": {label: n / s for label, s in seconds.items()},
             "x": {label: seconds[base] / seconds[label] for label in labels[1:]},
-            "x_chunks": [{label: r[base] / r[label] for label in labels[1:]} for r in rows]}
+            "x_chunks": [{label: r[base] / r[label] for label in labels[1:]} for r in rows],
+            "x_median": {label: float(np.median([r[base] / r[label] for r in rows])) for label in labels[1:]}}
 
 
 def main(argv: List[str]) -> int:
@@ -109,15 +144,19 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--n-ubatch", type=int, default=None, help="physical batch for every method (default: each its own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--flash-attn", choices=("on", "off"), default="off")
+    ap.add_argument("--decode", type=int, default=0, help="then decode this many tokens per round (default: 0)")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds of --decode tokens (default: 8)")
     ap.add_argument("--out", type=Path, default=None, help="write the rows and summary to this JSON file")
     args = ap.parse_args(argv)
     if len(args.methods) < 2 or len(set(args.methods)) != len(args.methods):
         ap.error("--methods needs at least two different methods")
+    if args.decode < 0 or args.rounds < 1:
+        ap.error("--decode must be >= 0 and --rounds >= 1")
     model = args.model or str(default_model_path())
     llms = build(model, args.methods, args.n_ctx, read_model_info(model).n_ctx_train,
                  flash_attn=args.flash_attn == "on", threads=args.threads, n_ubatch=args.n_ubatch)
     n_vocab = next(iter(llms.values())).n_vocab()
-    tokens = random_tokens(n_vocab, args.n_ctx - 40)
+    tokens = random_tokens(n_vocab, args.n_ctx - 40 - args.decode * args.rounds)
     rows, _ = interleave(llms, tokens, args.chunk, args.chunks)
     summary = summarize(rows, args.methods)
     for row, x in zip(rows, summary["x_chunks"]):
@@ -126,6 +165,15 @@ def main(argv: List[str]) -> int:
               + " | x " + ", ".join(f"{label} {v:.3f}" for label, v in x.items()), flush=True)
     print("total: " + ", ".join(f"{label} {tps:.1f} tok/s" for label, tps in summary["tps"].items())
           + " | x " + ", ".join(f"{label} {v:.3f}" for label, v in summary["x"].items()))
+    decode_rows, decode_summary = [], None
+    if args.decode:
+        decode_rows = decode_interleaved(llms, random_tokens(n_vocab, args.decode, seed=1), args.rounds)
+        decode_summary = summarize(decode_rows, args.methods)
+        for row, x in zip(decode_rows, decode_summary["x_chunks"]):
+            print(f"decode {row['p0']:6d}+{row['n']}: "
+                  + ", ".join(f"{label} {row['n'] / row[label]:.2f} tok/s" for label in args.methods)
+                  + " | x " + ", ".join(f"{label} {v:.3f}" for label, v in x.items()), flush=True)
+        print("decode median x: " + ", ".join(f"{label} {v:.3f}" for label, v in decode_summary["x_median"].items()))
     n_ubatch = {label: int(llm.context_params.n_ubatch) for label, llm in llms.items()}
     for llm in llms.values():
         llm.close()
@@ -133,7 +181,8 @@ def main(argv: List[str]) -> int:
         args.out.write_text(json.dumps({"command": "scripts/prompt_interleaved.py " + " ".join(argv),
                                         "n_ctx": args.n_ctx, "chunk": args.chunk, "flash_attn": args.flash_attn,
                                         "threads": args.threads, "n_ubatch": n_ubatch, "rows": rows,
-                                        "summary": summary}, indent=1) + "\n")
+                                        "summary": summary, "decode_rows": decode_rows,
+                                        "decode_summary": decode_summary}, indent=1) + "\n")
     return 0
 
 

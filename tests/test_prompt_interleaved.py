@@ -68,9 +68,48 @@ def test_a_method_can_have_its_own_ubatch(pi, tiny_llama_path):
         _build(pi, tiny_llama_path, ["none", "exact@G4W16:x"])
 
 
+def test_interleaved_decode_computes_what_each_method_computes_alone(pi, tiny_llama_path):
+    """After an interleaved prompt, the models decode the same tokens in turn, round after round;
+    each ends where a model of its method that evaluated the same tokens alone ends."""
+    from selfextend_gguf.evaluate.bench import last_logits
+
+    prompt = [int(t) for t in np.random.default_rng(4).integers(3, 259, size=70)]
+    step = [11, 23, 35, 47, 59]
+    llms = _build(pi, tiny_llama_path, METHODS)
+    pi.interleave(llms, prompt, chunk=32)
+    rows = pi.decode_interleaved(llms, step, rounds=3)
+    assert [(r["p0"], r["n"]) for r in rows] == [(70, 5), (75, 5), (80, 5)]
+    assert all(r[label] > 0 for r in rows for label in METHODS)
+    assert all(llm.n_tokens == 85 for llm in llms.values())
+    logits = {label: last_logits(llm) for label, llm in llms.items()}
+    # the contexts are past the trained length (64), where the methods differ
+    assert np.abs(logits["exact@G4W16"] - logits["none"]).max() > 1e-2
+    for label, llm in llms.items():
+        llm.close()
+        (alone,) = _build(pi, tiny_llama_path, [label]).values()
+        alone.eval(prompt + step * 3)
+        np.testing.assert_allclose(logits[label], last_logits(alone), rtol=1e-4, atol=1e-4, err_msg=label)
+        alone.close()
+
+
+def test_interleaved_decode_is_refused_past_the_context(pi, tiny_llama_path):
+    llms = _build(pi, tiny_llama_path, METHODS[:2])
+    pi.interleave(llms, list(range(3, 103)), chunk=50)
+    with pytest.raises(ValueError, match="context left"):
+        pi.decode_interleaved(llms, [5] * 10, rounds=3)  # 100 + 30 > 128
+    with pytest.raises(ValueError, match="at least one round"):
+        pi.decode_interleaved(llms, [5], rounds=0)
+    assert all(llm.n_tokens == 100 for llm in llms.values())  # refused before any token was decoded
+    for llm in llms.values():
+        llm.close()
+
+
 def test_summary_ratios_are_baseline_seconds_over_method_seconds(pi):
     rows = [{"c0": 0, "n": 10, "none": 1.0, "exact": 2.0}, {"c0": 10, "n": 10, "none": 3.0, "exact": 2.0}]
     s = pi.summarize(rows, ["none", "exact"])
     assert s["tokens"] == 20 and s["seconds"] == {"none": 4.0, "exact": 4.0}
     assert s["tps"] == {"none": 5.0, "exact": 5.0} and s["x"] == {"exact": 1.0}
     assert s["x_chunks"] == [{"exact": 0.5}, {"exact": 1.5}]
+    assert s["x_median"] == {"exact": 1.0}
+    rows.append({"c0": 20, "n": 10, "none": 1.0, "exact": 0.5})
+    assert pi.summarize(rows, ["none", "exact"])["x_median"] == {"exact": 1.5}
