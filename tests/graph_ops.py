@@ -14,9 +14,10 @@ only the fields before ``src`` and ``src`` itself are read.
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 OpKey = Tuple[str, str, Optional[str], Optional[str]]
 
@@ -58,16 +59,33 @@ class GgmlTensor(ctypes.Structure):
     ]
 
 
-@lru_cache(maxsize=None)
-def _ggml_base(lib_dir: str) -> ctypes.CDLL:
-    names = ["libggml-base.so", "libggml-base.dylib", "ggml-base.dll"]
-    for name in names:
+def ggml_library(lib_dir: str, stem: str) -> ctypes.CDLL:
+    """The ggml library ``stem`` ("ggml-base", "ggml-cpu", ...) in ``lib_dir``, for this platform."""
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
         p = Path(lib_dir) / name
         if p.exists():
-            lib = ctypes.CDLL(str(p))
-            break
-    else:
-        raise FileNotFoundError(f"no libggml-base in {lib_dir}")
+            return ctypes.CDLL(str(p))
+    raise FileNotFoundError(f"no lib{stem} in {lib_dir}")
+
+
+@contextmanager
+def loaded_model(lc, path: Path) -> Iterator[int]:
+    """A llama_model pointer for ``path`` (freed on exit), with the backend initialised (by a
+    vocabulary-only ``Llama``), for `collect_ops`."""
+    llm = lc.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)
+    model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+    try:
+        assert model, f"llama_model_load_from_file failed for {path}"
+        yield model
+    finally:
+        if model:
+            lc.llama_model_free(model)
+        llm.close()
+
+
+@lru_cache(maxsize=None)
+def _ggml_base(lib_dir: str) -> ctypes.CDLL:
+    lib = ggml_library(lib_dir, "ggml-base")
     lib.ggml_op_desc.restype = ctypes.c_char_p
     lib.ggml_op_desc.argtypes = [ctypes.c_void_p]
     lib.ggml_type_name.restype = ctypes.c_char_p

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graph_ops import OpKey, collect_ops, format_keys
+from graph_ops import Node, OpKey, collect_ops, format_keys, loaded_model
 from tiny_models import write_tiny_gemma3, write_tiny_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "backend-audit.md"
@@ -123,10 +123,7 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
     toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 80)]
     # a prompt past W (two ubatches), then two single-token decodes
     batches = [toks[:70], toks[70:71], toks[71:72]]
-    llm = lc.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)  # initialises the backend
-    model_ptr = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-    assert model_ptr
-    try:
+    with loaded_model(lc, path) as model_ptr:
         n_ubatch = 2 if cache == "f16 flash prompt" else 64
         kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=n_ubatch, **extra)
         placed_exact, placed_stock = {}, {}
@@ -144,9 +141,6 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
             # q4_0 decodes unfused: Metal reads its scale for the second nibble in half precision, so a restore
             # from F32 could change it
             assert not any(k[0] == "FLASH_ATTN_EXT" for k in exact)
-    finally:
-        lc.llama_model_free(model_ptr)
-        llm.close()
     added = exact - stock
     print(f"\n[audit] {model} {cache}: ops exact mode adds to the stock graph:\n{format_keys(added)}")
     # the self-extend graph was really built: a gather, and the write-back of the keys that leave the window
@@ -195,18 +189,12 @@ def test_unfused_decode_reads_its_window_in_place(lc, models, cache):
     does not attend the window apart (``kq_before``: W = 20 puts the window's first cell at 0 or
     11-15 modulo 16 in 6 of the 16 decodes, where a prompt ubatch would). The flash-attention
     decode still gathers the window, whose keys it moves to the grouped query."""
-    from graph_ops import Node
-
     type_k, type_v, _ = CACHES[cache]
     window, n_prompt, n_decode = 20, 70, 16
     toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, n_prompt + n_decode)]
     batches = [toks[:n_prompt]] + [[t] for t in toks[n_prompt:]]
-    path = models["qwen2_hd64"]
-    llm = lc.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)  # initialises the backend
-    model_ptr = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
-    assert model_ptr
 
-    def decode_nodes(flash_attn: bool) -> list:
+    def decode_nodes(model_ptr: int, flash_attn: bool) -> list:
         nodes: list[Node] = []
         collect_ops(lc, model_ptr, batches, self_extend=(1, 4, window), type_k=type_k, type_v=type_v,
                     flash_attn=flash_attn, nodes=nodes)
@@ -216,13 +204,10 @@ def test_unfused_decode_reads_its_window_in_place(lc, models, cache):
         # GET_ROWS of the first layer's K cache: [n_embd_k_gqa, rows]
         return [n.ne[1] for n in nodes if n.op == "GET_ROWS" and (n.src0 or "").startswith("cache_k_l0")]
 
-    try:
-        nodes = decode_nodes(flash_attn=False)
+    with loaded_model(lc, models["qwen2_hd64"]) as model_ptr:
+        nodes = decode_nodes(model_ptr, flash_attn=False)
         assert k_gathers(nodes) == [1] * n_decode
         assert not any(n.name == "kq_before-0" for n in nodes)
         if type_k == F16:
             # per decode: the window and the key that leaves it, and the copy they are restored from
-            assert k_gathers(decode_nodes(flash_attn=True)) == [window + 1] * (2 * n_decode)
-    finally:
-        lc.llama_model_free(model_ptr)
-        llm.close()
+            assert k_gathers(decode_nodes(model_ptr, flash_attn=True)) == [window + 1] * (2 * n_decode)

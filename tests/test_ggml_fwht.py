@@ -12,8 +12,6 @@ several, F32 and F16 inputs, and rows split over threads.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -28,18 +26,11 @@ class GgmlInitParams(ctypes.Structure):
 @pytest.fixture(scope="module")
 def ggml():
     """libggml-base and libggml-cpu of the library selfextend_gguf loads, with the calls used here typed."""
+    from graph_ops import ggml_library
     from selfextend_gguf import load_llama_cpp
 
-    lib_dir = Path(load_llama_cpp().llama_cpp._base_path)
-    libs = {}
-    for stem in ("ggml-base", "ggml-cpu"):
-        for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
-            if (lib_dir / name).exists():
-                libs[stem] = ctypes.CDLL(str(lib_dir / name))
-                break
-        else:
-            pytest.fail(f"no {stem} library in {lib_dir}")
-    base, cpu = libs["ggml-base"], libs["ggml-cpu"]
+    lib_dir = str(load_llama_cpp().llama_cpp._base_path)
+    base, cpu = ggml_library(lib_dir, "ggml-base"), ggml_library(lib_dir, "ggml-cpu")
     vp = ctypes.c_void_p
     base.ggml_init.restype, base.ggml_init.argtypes = vp, [GgmlInitParams]
     base.ggml_free.argtypes = [vp]

@@ -152,7 +152,7 @@ def test_the_rule_matches_the_graph(eight_per_kv_head):
     has the only LOG node); at twice that ubatch, whose scratch the window cannot hold, it does not."""
     import numpy as np
 
-    from graph_ops import collect_ops
+    from graph_ops import collect_ops, loaded_model
     from selfextend_gguf import load_llama_cpp
 
     lc = load_llama_cpp()
@@ -160,10 +160,7 @@ def test_the_rule_matches_the_graph(eight_per_kv_head):
     n_ubatch = exact_ubatch(4096, 16, n_gqa=8, window=window, flash_attn=True)
     assert n_ubatch == 64
     toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 1280)]
-    llm = lc.Llama(model_path=str(eight_per_kv_head), n_ctx=64, vocab_only=True, verbose=False)  # the backend
-    model = lc.llama_model_load_from_file(str(eight_per_kv_head).encode(), lc.llama_model_default_params())
-    assert model
-    try:
+    with loaded_model(lc, eight_per_kv_head) as model:
         def has_log(n: int) -> bool:
             ops = collect_ops(lc, model, [toks], self_extend=(1, 4, window), n_ctx=2048, n_ubatch=n,
                               type_k=1, type_v=1, flash_attn=True)
@@ -172,6 +169,3 @@ def test_the_rule_matches_the_graph(eight_per_kv_head):
 
         assert has_log(n_ubatch)
         assert not has_log(2 * n_ubatch)
-    finally:
-        lc.llama_model_free(model)
-        llm.close()
