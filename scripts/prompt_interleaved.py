@@ -63,6 +63,12 @@ def build(model: str, labels: Sequence[str], n_ctx: int, n_ctx_train: int, *, fl
     return llms
 
 
+def _in_turn(labels: List[str], i: int) -> List[str]:
+    """The labels in the order of turn ``i``: each starts one turn in ``len(labels)``."""
+    k = i % len(labels)
+    return labels[k:] + labels[:k]
+
+
 def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
                n_chunks: Optional[int] = None) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
     """Evaluate ``tokens`` in every model, ``chunk`` tokens at a time, the models in rotating order.
@@ -80,8 +86,7 @@ def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
     for i, c0 in enumerate(starts if n_chunks is None else list(starts)[:n_chunks]):
         part = list(tokens[c0:c0 + chunk])
         row: Dict[str, Any] = {"c0": c0, "n": len(part)}
-        k = i % len(labels)
-        for label in labels[k:] + labels[:k]:
+        for label in _in_turn(labels, i):
             t0 = time.perf_counter()
             llms[label].eval(part)
             row[label] = time.perf_counter() - t0
@@ -106,8 +111,7 @@ def decode_interleaved(llms: Dict[str, Any], tokens: Sequence[int], rounds: int)
     rows = []
     for i in range(rounds):
         row: Dict[str, Any] = {"p0": llms[labels[0]].n_tokens, "n": len(tokens)}
-        k = i % len(labels)
-        for label in labels[k:] + labels[:k]:
+        for label in _in_turn(labels, i):
             llm = llms[label]
             t0 = time.perf_counter()
             for token in tokens:
@@ -122,10 +126,11 @@ def summarize(rows: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Dict[str
     n = sum(r["n"] for r in rows)
     seconds = {label: sum(r[label] for r in rows) for label in labels}
     base = labels[0]
+    x_chunks = [{label: r[base] / r[label] for label in labels[1:]} for r in rows]
     return {"tokens": n, "seconds": seconds, "tps": {label: n / s for label, s in seconds.items()},
             "x": {label: seconds[base] / seconds[label] for label in labels[1:]},
-            "x_chunks": [{label: r[base] / r[label] for label in labels[1:]} for r in rows],
-            "x_median": {label: float(np.median([r[base] / r[label] for r in rows])) for label in labels[1:]}}
+            "x_chunks": x_chunks,
+            "x_median": {label: float(np.median([x[label] for x in x_chunks])) for label in labels[1:]}}
 
 
 def main(argv: List[str]) -> int:
