@@ -211,3 +211,22 @@ def test_unfused_decode_reads_its_window_in_place(lc, models, cache):
         if type_k == F16:
             # per decode: the window and the key that leaves it, and the copy they are restored from
             assert k_gathers(decode_nodes(model_ptr, flash_attn=True)) == [window + 1] * (2 * n_decode)
+
+
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["unfused", "flash"])
+def test_prompt_window_is_scaled_by_its_softmax(lc, models, flash_attn):
+    """A prompt ubatch that attends its window apart (patches/0010 without flash attention, 0008
+    with it) lets the window's softmax scale the scores as it reads them: no SCALE node makes a
+    pass of its own over the window's ``[W + n, n, n_head]`` scores (the log-sum-exp scales the
+    one score per row that it takes)."""
+    window = 20
+    toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 70)]
+    nodes: list[Node] = []
+    with loaded_model(lc, models["qwen2_hd64"]) as model_ptr:
+        # ubatches of 16 (unfused) or 2 (flash attention: 2 n_gqa n scratch cells fit in the window)
+        collect_ops(lc, model_ptr, [toks], self_extend=(1, 4, window), type_k=F16, type_v=F16,
+                    flash_attn=flash_attn, n_ubatch=2 if flash_attn else 16, nodes=nodes)
+    softmax = [n for n in nodes if n.op == "SOFT_MAX" and n.name.startswith("kq_win_soft_max")]
+    assert softmax, "no prompt ubatch attended its window apart"
+    scaled = {n.ne for n in nodes if n.op == "SCALE"}
+    assert not [n.ne for n in softmax if n.ne in scaled]
