@@ -68,6 +68,32 @@ def ggml_library(lib_dir: str, stem: str) -> ctypes.CDLL:
     raise FileNotFoundError(f"no lib{stem} in {lib_dir}")
 
 
+class GgmlInitParams(ctypes.Structure):
+    """``struct ggml_init_params`` (pinned ggml.h)."""
+
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def ggml_cpu_api(lib_dir: str) -> Tuple[ctypes.CDLL, ctypes.CDLL]:
+    """libggml-base and libggml-cpu in ``lib_dir``, with the calls that build and compute a single op
+    on the CPU typed: tests of one ggml op against NumPy (test_ggml_fwht.py, test_ggml_argmax.py)."""
+    base, cpu = ggml_library(lib_dir, "ggml-base"), ggml_library(lib_dir, "ggml-cpu")
+    vp = ctypes.c_void_p
+    base.ggml_init.restype, base.ggml_init.argtypes = vp, [GgmlInitParams]
+    base.ggml_free.argtypes = [vp]
+    base.ggml_new_tensor_2d.restype = vp
+    base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_mul_mat.restype, base.ggml_mul_mat.argtypes = vp, [vp, vp, vp]
+    base.ggml_mul_mat_set_hint.argtypes = [vp, ctypes.c_int]
+    base.ggml_argmax.restype, base.ggml_argmax.argtypes = vp, [vp, vp]
+    base.ggml_new_graph.restype, base.ggml_new_graph.argtypes = vp, [vp]
+    base.ggml_build_forward_expand.argtypes = [vp, vp]
+    base.ggml_get_data.restype, base.ggml_get_data.argtypes = vp, [vp]
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+    return base, cpu
+
+
 @contextmanager
 def loaded_model(lc, path: Path) -> Iterator[int]:
     """A llama_model pointer for ``path`` (freed on exit), with the backend initialised (by a

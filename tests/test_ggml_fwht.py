@@ -15,35 +15,18 @@ import ctypes
 import numpy as np
 import pytest
 
+from graph_ops import GgmlInitParams, ggml_cpu_api
+
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 GGML_HINT_SRC0_IS_HADAMARD = 1
 
 
-class GgmlInitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
 @pytest.fixture(scope="module")
 def ggml():
-    """libggml-base and libggml-cpu of the library selfextend_gguf loads, with the calls used here typed."""
-    from graph_ops import ggml_library
+    """libggml-base and libggml-cpu of the library selfextend_gguf loads."""
     from selfextend_gguf import load_llama_cpp
 
-    lib_dir = str(load_llama_cpp().llama_cpp._base_path)
-    base, cpu = ggml_library(lib_dir, "ggml-base"), ggml_library(lib_dir, "ggml-cpu")
-    vp = ctypes.c_void_p
-    base.ggml_init.restype, base.ggml_init.argtypes = vp, [GgmlInitParams]
-    base.ggml_free.argtypes = [vp]
-    base.ggml_new_tensor_2d.restype = vp
-    base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    base.ggml_mul_mat.restype, base.ggml_mul_mat.argtypes = vp, [vp, vp, vp]
-    base.ggml_mul_mat_set_hint.argtypes = [vp, ctypes.c_int]
-    base.ggml_new_graph.restype, base.ggml_new_graph.argtypes = vp, [vp]
-    base.ggml_build_forward_expand.argtypes = [vp, vp]
-    base.ggml_get_data.restype, base.ggml_get_data.argtypes = vp, [vp]
-    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
-    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
-    return base, cpu
+    return ggml_cpu_api(str(load_llama_cpp().llama_cpp._base_path))
 
 
 def hadamard(n: int) -> np.ndarray:
