@@ -42,6 +42,16 @@ def _offload_to_gpu():
 
 
 @pytest.fixture(scope="session")
+def ggml_cpu():
+    """libggml-base and libggml-cpu of the library selfextend_gguf loads, typed to build and
+    compute one op (graph_ops.ggml_cpu_api): the op tests against NumPy."""
+    from graph_ops import ggml_cpu_api
+    from selfextend_gguf import load_llama_cpp
+
+    return ggml_cpu_api(str(load_llama_cpp().llama_cpp._base_path))
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory) -> Path:
     """llama (rope NORM), 2 layers, n_embd 64, 4 heads / 2 kv heads, F32, context_length 64."""
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "llama.gguf", arch="llama", seed=1)

@@ -15,22 +15,14 @@ import ctypes
 import numpy as np
 import pytest
 
-from graph_ops import GgmlInitParams, ggml_cpu_api
+from graph_ops import GgmlInitParams
 
 GGML_TYPE_F32 = 0
 
 
-@pytest.fixture(scope="module")
-def ggml():
-    """libggml-base and libggml-cpu of the library selfextend_gguf loads."""
-    from selfextend_gguf import load_llama_cpp
-
-    return ggml_cpu_api(str(load_llama_cpp().llama_cpp._base_path))
-
-
-def argmax(ggml, x: np.ndarray, n_threads: int) -> np.ndarray:
+def argmax(ggml_cpu, x: np.ndarray, n_threads: int) -> np.ndarray:
     """ggml_argmax(x) computed by the CPU backend: x is float32 [rows, n], the result int32 [rows]."""
-    base, cpu = ggml
+    base, cpu = ggml_cpu
     rows, n = x.shape
     ctx = base.ggml_init(GgmlInitParams(2 * x.nbytes + (1 << 20), None, False))
     assert ctx, "ggml_init failed"
@@ -49,25 +41,25 @@ def argmax(ggml, x: np.ndarray, n_threads: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("rows", [1, 2, 7, 64, 1153])
-def test_argmax_of_every_row(ggml, rows, n_threads):
+def test_argmax_of_every_row(ggml_cpu, rows, n_threads):
     """Each row's index of its largest value (distinct values: one answer), whatever the split:
     fewer rows than threads, a count the threads do not divide, and many rows."""
     rng = np.random.default_rng(rows * 10 + n_threads)
     x = rng.standard_normal((rows, 300)).astype(np.float32)
-    # the largest value anywhere in the row: first, last and in between
+    # the largest value at a random column of each row, and at the last one of row 0
     x[np.arange(rows), rng.integers(0, 300, rows)] += 10.0
     x[0, -1] += 20.0
-    got = argmax(ggml, x, n_threads)
+    got = argmax(ggml_cpu, x, n_threads)
     assert got.shape == (rows,)
     bad = np.flatnonzero(got != x.argmax(axis=1))
     assert bad.size == 0, f"{bad.size} of {rows} rows wrong with {n_threads} threads, first: row {bad[0]}"
 
 
-def test_argmax_ties_do_not_depend_on_the_threads(ggml):
+def test_argmax_ties_do_not_depend_on_the_threads(ggml_cpu):
     """A row whose largest value occurs more than once gets the same index from 1 thread and from 3
     (ggml's loop keeps the last of them)."""
     x = np.zeros((11, 40), dtype=np.float32)
     x[:, 5] = x[:, 30] = 1.0
-    one = argmax(ggml, x, n_threads=1)
+    one = argmax(ggml_cpu, x, n_threads=1)
     assert np.array_equal(one, np.full(11, 30))
-    assert np.array_equal(one, argmax(ggml, x, n_threads=3))
+    assert np.array_equal(one, argmax(ggml_cpu, x, n_threads=3))

@@ -15,18 +15,10 @@ import ctypes
 import numpy as np
 import pytest
 
-from graph_ops import GgmlInitParams, ggml_cpu_api
+from graph_ops import GgmlInitParams
 
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 GGML_HINT_SRC0_IS_HADAMARD = 1
-
-
-@pytest.fixture(scope="module")
-def ggml():
-    """libggml-base and libggml-cpu of the library selfextend_gguf loads."""
-    from selfextend_gguf import load_llama_cpp
-
-    return ggml_cpu_api(str(load_llama_cpp().llama_cpp._base_path))
 
 
 def hadamard(n: int) -> np.ndarray:
@@ -37,9 +29,9 @@ def hadamard(n: int) -> np.ndarray:
     return h / np.sqrt(n)
 
 
-def fwht(ggml, x: np.ndarray, n_threads: int) -> np.ndarray:
+def fwht(ggml_cpu, x: np.ndarray, n_threads: int) -> np.ndarray:
     """ggml_mul_mat(H, x) with the Hadamard hint, computed by the CPU backend: x is [rows, n]."""
-    base, cpu = ggml
+    base, cpu = ggml_cpu
     rows, n = x.shape
     mem = 4 * n * n + x.nbytes + 4 * x.size + (1 << 20)
     ctx = base.ggml_init(GgmlInitParams(mem, None, False))
@@ -63,28 +55,28 @@ def fwht(ggml, x: np.ndarray, n_threads: int) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("n", [2, 4, 8, 16, 32, 64, 128, 256, 512])
-def test_fwht_equals_the_hadamard_product(ggml, n, dtype):
+def test_fwht_equals_the_hadamard_product(ggml_cpu, n, dtype):
     """Sizes below, at and above every CPU's vector width (4, 8 or 16 floats), so that the scalar
     passes, the vector block passes and the vector butterflies all run, alone and together."""
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((37, n)) * rng.uniform(0.01, 100.0, (37, 1))).astype(dtype)
-    got = fwht(ggml, x, n_threads=2)
+    got = fwht(ggml_cpu, x, n_threads=2)
     want = x.astype(np.float64) @ hadamard(n)
     # float32 rounding of log2(n) passes: far below any wrong sign or lane (an error of order |x|)
     err = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
     assert err.max() < 1e-6, f"n={n}: relative error {err.max():.3g} in row {err.argmax()}"
 
 
-def test_fwht_rows_are_independent_of_the_thread_split(ggml):
+def test_fwht_rows_are_independent_of_the_thread_split(ggml_cpu):
     """Every row is transformed alone: one thread and three give bit-identical rows."""
     x = np.random.default_rng(7).standard_normal((101, 64)).astype(np.float32)
-    one = fwht(ggml, x, n_threads=1)
-    assert np.array_equal(one, fwht(ggml, x, n_threads=3))
-    assert np.array_equal(one[50:51], fwht(ggml, x[50:51], n_threads=1))
+    one = fwht(ggml_cpu, x, n_threads=1)
+    assert np.array_equal(one, fwht(ggml_cpu, x, n_threads=3))
+    assert np.array_equal(one[50:51], fwht(ggml_cpu, x[50:51], n_threads=1))
 
 
-def test_fwht_is_its_own_inverse(ggml):
+def test_fwht_is_its_own_inverse(ggml_cpu):
     """The normalized transform is orthogonal and symmetric: applied twice it gives x back."""
     x = np.random.default_rng(3).standard_normal((16, 128)).astype(np.float32)
-    back = fwht(ggml, fwht(ggml, x, n_threads=2), n_threads=2)
+    back = fwht(ggml_cpu, fwht(ggml_cpu, x, n_threads=2), n_threads=2)
     assert np.abs(back - x).max() < 1e-5 * np.abs(x).max()
