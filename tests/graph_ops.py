@@ -17,7 +17,9 @@ import ctypes
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+import numpy as np
 
 OpKey = Tuple[str, str, Optional[str], Optional[str]]
 
@@ -77,7 +79,7 @@ class GgmlInitParams(ctypes.Structure):
 def ggml_cpu_api(lib_dir: str) -> Tuple[ctypes.CDLL, ctypes.CDLL]:
     """libggml-base and libggml-cpu in ``lib_dir``, with the calls that build and compute a single op
     on the CPU typed: tests of one ggml op against NumPy (test_ggml_fwht.py, test_ggml_argmax.py)."""
-    base, cpu = ggml_library(lib_dir, "ggml-base"), ggml_library(lib_dir, "ggml-cpu")
+    base, cpu = _ggml_base(lib_dir), ggml_library(lib_dir, "ggml-cpu")
     vp = ctypes.c_void_p
     base.ggml_init.restype, base.ggml_init.argtypes = vp, [GgmlInitParams]
     base.ggml_free.argtypes = [vp]
@@ -92,6 +94,36 @@ def ggml_cpu_api(lib_dir: str) -> Tuple[ctypes.CDLL, ctypes.CDLL]:
     cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
     cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
     return base, cpu
+
+
+_GGML_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}  # GGML_TYPE_F32, GGML_TYPE_F16
+
+
+def new_tensor_2d(base: ctypes.CDLL, ctx: int, values: np.ndarray) -> int:
+    """A ggml tensor in ``ctx`` holding ``values`` (float32 or float16, ``[rows, n]``)."""
+    rows, n = values.shape
+    t = base.ggml_new_tensor_2d(ctx, _GGML_TYPES[values.dtype], n, rows)
+    ctypes.memmove(base.ggml_get_data(t), np.ascontiguousarray(values).tobytes(), values.nbytes)
+    return t
+
+
+def compute_op(api: Tuple[ctypes.CDLL, ctypes.CDLL], mem_size: int, build: Callable[[ctypes.CDLL, int], int],
+               n_threads: int, dtype: type, shape: Tuple[int, ...]) -> np.ndarray:
+    """One op on the CPU: ``build(base, ctx)`` creates it in a fresh ggml context of ``mem_size``
+    bytes and returns its result tensor, which is computed with ``n_threads`` threads and returned
+    as an array of ``dtype`` and ``shape`` (``api`` from `ggml_cpu_api`)."""
+    base, cpu = api
+    ctx = base.ggml_init(GgmlInitParams(mem_size, None, False))
+    assert ctx, "ggml_init failed"
+    try:
+        out = build(base, ctx)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, out)
+        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, n_threads) == 0
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return np.frombuffer(ctypes.string_at(base.ggml_get_data(out), nbytes), dtype=dtype).reshape(shape).copy()
+    finally:
+        base.ggml_free(ctx)
 
 
 @contextmanager

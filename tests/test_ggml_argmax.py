@@ -10,33 +10,20 @@ row's answer, ties included, does not depend on how many threads share the rows.
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 
-from graph_ops import GgmlInitParams
-
-GGML_TYPE_F32 = 0
+from graph_ops import compute_op, new_tensor_2d
 
 
 def argmax(ggml_cpu, x: np.ndarray, n_threads: int) -> np.ndarray:
     """ggml_argmax(x) computed by the CPU backend: x is float32 [rows, n], the result int32 [rows]."""
-    base, cpu = ggml_cpu
-    rows, n = x.shape
-    ctx = base.ggml_init(GgmlInitParams(2 * x.nbytes + (1 << 20), None, False))
-    assert ctx, "ggml_init failed"
-    try:
-        src = base.ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, rows)
-        ctypes.memmove(base.ggml_get_data(src), np.ascontiguousarray(x, dtype=np.float32).tobytes(), x.nbytes)
-        out = base.ggml_argmax(ctx, src)
-        graph = base.ggml_new_graph(ctx)
-        base.ggml_build_forward_expand(graph, out)
-        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, n_threads) == 0
-        buf = (ctypes.c_int32 * rows).from_address(base.ggml_get_data(out))
-        return np.frombuffer(buf, dtype=np.int32).copy()
-    finally:
-        base.ggml_free(ctx)
+    x = x.astype(np.float32)
+
+    def build(base, ctx: int) -> int:
+        return base.ggml_argmax(ctx, new_tensor_2d(base, ctx, x))
+
+    return compute_op(ggml_cpu, 2 * x.nbytes + (1 << 20), build, n_threads, np.int32, (x.shape[0],))
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4, 8])

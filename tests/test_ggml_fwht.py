@@ -11,13 +11,11 @@ several, F32 and F16 inputs, and rows split over threads.
 
 from __future__ import annotations
 
-import ctypes
 import numpy as np
 import pytest
 
-from graph_ops import GgmlInitParams
+from graph_ops import compute_op, new_tensor_2d
 
-GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 GGML_HINT_SRC0_IS_HADAMARD = 1
 
 
@@ -31,26 +29,17 @@ def hadamard(n: int) -> np.ndarray:
 
 def fwht(ggml_cpu, x: np.ndarray, n_threads: int) -> np.ndarray:
     """ggml_mul_mat(H, x) with the Hadamard hint, computed by the CPU backend: x is [rows, n]."""
-    base, cpu = ggml_cpu
     rows, n = x.shape
-    mem = 4 * n * n + x.nbytes + 4 * x.size + (1 << 20)
-    ctx = base.ggml_init(GgmlInitParams(mem, None, False))
-    assert ctx, "ggml_init failed"
-    try:
-        h = base.ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, n)
-        src = base.ggml_new_tensor_2d(ctx, GGML_TYPE_F16 if x.dtype == np.float16 else GGML_TYPE_F32, n, rows)
+
+    def build(base, ctx: int) -> int:
         # the CPU's transform does not read H; a backend that multiplies does
-        ctypes.memmove(base.ggml_get_data(h), hadamard(n).astype(np.float32).tobytes(), 4 * n * n)
-        ctypes.memmove(base.ggml_get_data(src), np.ascontiguousarray(x).tobytes(), x.nbytes)
-        out = base.ggml_mul_mat(ctx, h, src)
+        h = new_tensor_2d(base, ctx, hadamard(n).astype(np.float32))
+        out = base.ggml_mul_mat(ctx, h, new_tensor_2d(base, ctx, x))
         base.ggml_mul_mat_set_hint(out, GGML_HINT_SRC0_IS_HADAMARD)
-        graph = base.ggml_new_graph(ctx)
-        base.ggml_build_forward_expand(graph, out)
-        assert cpu.ggml_graph_compute_with_ctx(ctx, graph, n_threads) == 0
-        buf = (ctypes.c_float * (rows * n)).from_address(base.ggml_get_data(out))
-        return np.frombuffer(buf, dtype=np.float32).reshape(rows, n).copy()
-    finally:
-        base.ggml_free(ctx)
+        return out
+
+    mem = 4 * n * n + x.nbytes + 4 * x.size + (1 << 20)
+    return compute_op(ggml_cpu, mem, build, n_threads, np.float32, (rows, n))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
