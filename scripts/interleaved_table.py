@@ -6,7 +6,8 @@ On a shared machine one side-by-side run can land anywhere in a range of about 0
 build's 16k prompt has given 0.88x and 1.01x of stock an hour apart). A target is judged on the
 median of repeated runs, with the range beside it, not on any single run; this table is that.
 Each method is compared with the run's first method (the stock library, ``none``), and a run's
-ratio is its total: prompt tokens per second of the method over the stock library's.
+ratio is its total: prompt tokens per second of the method over the stock library's. The median
+has three decimals: 0.899 and 0.900 are one side and the other of a 0.9x target, and both 0.90 at two.
 
 Usage (reports or folders of them; the ``.json.part`` files of unfinished runs are skipped)::
 
@@ -89,7 +90,7 @@ def table(runs: Sequence[Run]) -> str:
         each = ", ".join(f"{x:.2f}" for x in ratios)
         stock = statistics.median(r.stock_tps for r in group)
         lines.append(f"| {n_ctx} | {fa} | {threads} | {method} | {n_ubatch} | {len(group)} | {each} | "
-                     f"**{statistics.median(ratios):.2f}** | "
+                     f"**{statistics.median(ratios):.3f}** | "
                      f"{min(ratios):.2f}-{max(ratios):.2f} | {stock:.1f} |")
     return "\n".join(lines)
 

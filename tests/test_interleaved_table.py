@@ -47,7 +47,7 @@ def test_each_run_its_ratio_and_the_median(it, pi, tmp_path):
     assert [r.ratio for r in runs] == pytest.approx([0.8, 1.0, 0.5])
     (row,) = _cells(it.table(runs))
     assert row[:6] == ["4096", "off", "2", "exact", "128", "3"]
-    assert row[6:9] == ["0.80, 1.00, 0.50", "**0.80**", "0.50-1.00"]
+    assert row[6:9] == ["0.80, 1.00, 0.50", "**0.800**", "0.50-1.00"]
     assert row[9] == f"{statistics.median([1000 / 2.0] * 3):.1f}"
 
 
