@@ -33,12 +33,7 @@ class Run(NamedTuple):
     method: str
     n_ubatch: int
     stock_tps: float
-    method_tps: float
-    path: Path
-
-    @property
-    def ratio(self) -> float:
-        return self.method_tps / self.stock_tps
+    ratio: float  # the report's own: the method's prompt tokens/s over the stock library's
 
 
 def report_paths(args: Iterable[str]) -> List[Path]:
@@ -47,7 +42,7 @@ def report_paths(args: Iterable[str]) -> List[Path]:
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            paths.extend(sorted(q for q in p.glob("*.json")))
+            paths.extend(sorted(p.glob("*.json")))
         elif p.suffix == ".json":
             paths.append(p)
         else:
@@ -60,12 +55,12 @@ def load_runs(paths: Sequence[Path]) -> List[Run]:
     runs: List[Run] = []
     for path in paths:
         report = json.loads(path.read_text())
-        tps: Dict[str, float] = report["summary"]["tps"]
+        summary = report["summary"]
         ubatch: Dict[str, int] = report["n_ubatch"]
         base, *others = list(ubatch)
         for method in others:
             runs.append(Run(int(report["n_ctx"]), str(report["flash_attn"]), int(report["threads"]), method,
-                            int(ubatch[method]), float(tps[base]), float(tps[method]), path))
+                            int(ubatch[method]), float(summary["tps"][base]), float(summary["x"][method])))
     return runs
 
 
