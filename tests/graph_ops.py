@@ -26,13 +26,15 @@ OpKey = Tuple[str, str, Optional[str], Optional[str]]
 
 class Node(NamedTuple):
     """One computed node: the index of its batch in ``batches``, its op (as in `OpKey`), its name,
-    its shape (``ne``) and the name of its first source."""
+    its shape (``ne``), the name of its first source, and the address of its data when the node owns
+    it (``None`` for a view of another tensor)."""
 
     batch: int
     op: str
     name: str
     ne: Tuple[int, ...]
     src0: Optional[str]
+    data: Optional[int] = None
 
 GGML_MAX_DIMS = 4
 GGML_MAX_OP_PARAMS = 64
@@ -193,7 +195,8 @@ def collect_ops(
                 placement.setdefault(key, set()).add(base.ggml_backend_buffer_name(x.buffer).decode())
             if nodes is not None:
                 src0 = GgmlTensor.from_address(x.src[0]).name.decode() if x.src[0] else None
-                nodes.append(Node(current[0], key[0], x.name.decode(), tuple(x.ne), src0))
+                data = None if x.view_src else x.data
+                nodes.append(Node(current[0], key[0], x.name.decode(), tuple(x.ne), src0, data))
         return False
 
     p = lc.llama_context_default_params()
