@@ -11,13 +11,14 @@ offsets, which GGUF aligns to 32 bytes.
 from __future__ import annotations
 
 import ctypes
+import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-from graph_ops import Node, collect_ops, loaded_model
+from graph_ops import Node, collect_ops, ggml_library, loaded_model
 from tiny_models import write_tiny_model
 
 F16 = 1
@@ -35,6 +36,28 @@ def model_path(tmp_path_factory) -> Path:
     # head_dim 64, as SmolLM2's
     return write_tiny_model(tmp_path_factory.mktemp("buffers") / "qwen2.gguf", arch="qwen2", n_embd=128, n_head=2,
                             n_head_kv=1, seed=5)
+
+
+def test_allocated_buffers_align_to_the_cache_line_and_mapped_ones_to_32(lc):
+    """The CPU buffer type reports 64 bytes; a buffer over memory it did not allocate (a mapped
+    model file) reports TENSOR_ALIGNMENT, which is all its tensors at the file's offsets have."""
+    base = ggml_library(str(Path(lc.llama_cpp._base_path)), "ggml-base")
+    vp = ctypes.c_void_p
+    base.ggml_backend_cpu_buffer_type.restype = vp
+    base.ggml_backend_buft_get_alignment.restype, base.ggml_backend_buft_get_alignment.argtypes = ctypes.c_size_t, [vp]
+    base.ggml_backend_cpu_buffer_from_ptr.restype = vp
+    base.ggml_backend_cpu_buffer_from_ptr.argtypes = [vp, ctypes.c_size_t]
+    base.ggml_backend_buffer_get_alignment.restype = ctypes.c_size_t
+    base.ggml_backend_buffer_get_alignment.argtypes = [vp]
+    base.ggml_backend_buffer_free.argtypes = [vp]
+    assert base.ggml_backend_buft_get_alignment(base.ggml_backend_cpu_buffer_type()) == 64
+    memory = np.zeros(1024, dtype=np.uint8)
+    address = memory.ctypes.data
+    mapped = base.ggml_backend_cpu_buffer_from_ptr(address + (-address) % 32, 512)
+    try:
+        assert base.ggml_backend_buffer_get_alignment(mapped) == 32
+    finally:
+        base.ggml_backend_buffer_free(mapped)
 
 
 @pytest.mark.parametrize("flash_attn", [False, True], ids=["unfused", "flash"])
@@ -56,6 +79,7 @@ def test_graph_tensors_start_on_a_cache_line(lc, model_path, flash_attn):
     assert not off_line, f"{len(off_line)} tensors not on a cache line, e.g. {off_line[:5]}"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="opens the FILE * with the C library's fopen")
 def test_embedded_gguf_off_the_cache_line_still_maps(lc, model_path, tmp_path):
     """llama_model_load_from_file_ptr maps an embedded GGUF whose data section is 32-byte but not
     64-byte aligned in the file, as llama.h promises (32 bytes): the loader checks the alignment a
@@ -78,8 +102,11 @@ def test_embedded_gguf_off_the_cache_line_still_maps(lc, model_path, tmp_path):
     try:
         assert libc.fseek(f, prefix, 0) == 0
         model = lc.llama_model_load_from_file_ptr(f, params)
-        assert model, "the loader refused to map a GGUF whose data section is 32-byte aligned"
-        assert lc.llama_model_n_layer(model) == 2
-        lc.llama_model_free(model)
+        try:
+            assert model, "the loader refused to map a GGUF whose data section is 32-byte aligned"
+            assert lc.llama_model_n_layer(model) == 2
+        finally:
+            if model:
+                lc.llama_model_free(model)
     finally:
         libc.fclose(f)
