@@ -55,6 +55,9 @@ def load_runs(paths: Sequence[Path]) -> List[Run]:
     runs: List[Run] = []
     for path in paths:
         report = json.loads(path.read_text())
+        if report.get("from_state"):
+            raise ValueError(f"{path}: a run of --from-state times one chunk from a saved state, not a whole "
+                             "prompt; its ratio is not pooled with whole prompts")
         summary = report["summary"]
         ubatch: Dict[str, int] = report["n_ubatch"]
         base, *others = list(ubatch)

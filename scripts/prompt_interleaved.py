@@ -17,12 +17,20 @@ few seconds apart, and the median over the rounds is what is reported.
 The contexts are independent (:func:`interleave` checks nothing is shared); the last token's logits
 of each are returned so a caller can compare them with a run of that method alone.
 
+``--from-state N --rounds R`` times one chunk at a fixed place instead: every model evaluates the
+first N tokens once and saves its state, then, R times and each model in turn, loads that state and
+evaluates the same next ``--chunk`` tokens. Every round computes the same thing, so what moves
+between rounds is the machine; this is how exact mode's two speeds were traced to false sharing
+between the threads (``patches/0015``).
+
 Usage::
 
     .venv/bin/python scripts/prompt_interleaved.py --n-ctx 32768 --chunk 2048 \\
         --methods none exact@G8W1024 exact@G8W1024:128 --flash-attn off --out /tmp/ab32.json
     .venv/bin/python scripts/prompt_interleaved.py --n-ctx 16384 --methods none exact \\
         --decode 32 --rounds 8 --out /tmp/decode16.json
+    .venv/bin/python scripts/prompt_interleaved.py --n-ctx 16384 --methods none none:128 exact:128 \\
+        --from-state 12288 --chunk 512 --rounds 10 --out /tmp/at12k.json
 """
 
 from __future__ import annotations
@@ -96,6 +104,42 @@ def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
     return rows, {label: last_logits(llm) for label, llm in llms.items()}
 
 
+def repeat_from_state(llms: Dict[str, Any], tokens: Sequence[int], n_fill: int, chunk: int,
+                      rounds: int) -> Tuple[List[Dict[str, Any]], Dict[str, List[np.ndarray]]]:
+    """Every model evaluates ``tokens[:n_fill]`` and saves its state; then, ``rounds`` times and the
+    models in rotating order, each loads its state and evaluates ``tokens[n_fill:n_fill + chunk]``.
+
+    Returns one row per round (``c0`` = ``n_fill``, ``n`` and each label's seconds for the chunk)
+    and each model's last logits after every round (the same in every round when the state is
+    restored exactly).
+    """
+    if n_fill < 1 or chunk < 1 or rounds < 1 or n_fill + chunk > len(tokens):
+        raise ValueError(f"give n_fill >= 1, chunk >= 1 and rounds >= 1 within the {len(tokens)} tokens, "
+                         f"got n_fill {n_fill}, chunk {chunk}, rounds {rounds}")
+    from selfextend_gguf.evaluate.bench import last_logits
+
+    labels = list(llms)
+    for label, llm in llms.items():
+        if llm.n_tokens:
+            raise ValueError(f"{label}: the context already holds {llm.n_tokens} tokens; give fresh instances")
+    states = {}
+    for label, llm in llms.items():
+        llm.eval(list(tokens[:n_fill]))
+        states[label] = llm.save_state()
+    part = list(tokens[n_fill:n_fill + chunk])
+    rows, logits = [], {label: [] for label in labels}
+    for i in range(rounds):
+        row: Dict[str, Any] = {"c0": n_fill, "n": chunk}
+        for label in _in_turn(labels, i):
+            llms[label].load_state(states[label])
+            t0 = time.perf_counter()
+            llms[label].eval(part)
+            row[label] = time.perf_counter() - t0
+            logits[label].append(last_logits(llms[label]))
+        rows.append(row)
+    return rows, logits
+
+
 def decode_interleaved(llms: Dict[str, Any], tokens: Sequence[int], rounds: int) -> List[Dict[str, Any]]:
     """After the prompt, every model decodes ``tokens`` one by one, the models in rotating order, and
     this ``rounds`` times, each round continuing the sequence (every model ends with the same tokens).
@@ -150,19 +194,29 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--flash-attn", choices=("on", "off"), default="off")
     ap.add_argument("--decode", type=int, default=0, help="then decode this many tokens per round (default: 0)")
-    ap.add_argument("--rounds", type=int, default=8, help="rounds of --decode tokens (default: 8)")
+    ap.add_argument("--rounds", type=int, default=8,
+                    help="rounds of --decode tokens, or of the chunk after --from-state (default: 8)")
+    ap.add_argument("--from-state", type=int, default=0, metavar="N",
+                    help="time the chunk after the first N tokens, --rounds times from a saved state")
     ap.add_argument("--out", type=Path, default=None, help="write the rows and summary to this JSON file")
     args = ap.parse_args(argv)
     if len(args.methods) < 2 or len(set(args.methods)) != len(args.methods):
         ap.error("--methods needs at least two different methods")
     if args.decode < 0 or args.rounds < 1:
         ap.error("--decode must be >= 0 and --rounds >= 1")
+    if args.from_state < 0:
+        ap.error("--from-state must be >= 0")
+    if args.from_state and (args.decode or args.chunks):
+        ap.error("--from-state times one chunk: it takes neither --decode nor --chunks")
     model = args.model or str(default_model_path())
     llms = build(model, args.methods, args.n_ctx, read_model_info(model).n_ctx_train,
                  flash_attn=args.flash_attn == "on", threads=args.threads, n_ubatch=args.n_ubatch)
     n_vocab = next(iter(llms.values())).n_vocab()
     tokens = random_tokens(n_vocab, args.n_ctx - 40 - args.decode * args.rounds)
-    rows, _ = interleave(llms, tokens, args.chunk, args.chunks)
+    if args.from_state:
+        rows, _ = repeat_from_state(llms, tokens, args.from_state, args.chunk, args.rounds)
+    else:
+        rows, _ = interleave(llms, tokens, args.chunk, args.chunks)
     summary = summarize(rows, args.methods)
     for row, x in zip(rows, summary["x_chunks"]):
         print(f"tokens {row['c0']:6d}-{row['c0'] + row['n']:6d}: "
@@ -184,7 +238,8 @@ def main(argv: List[str]) -> int:
         llm.close()
     if args.out:
         args.out.write_text(json.dumps({"command": "scripts/prompt_interleaved.py " + " ".join(argv),
-                                        "n_ctx": args.n_ctx, "chunk": args.chunk, "flash_attn": args.flash_attn,
+                                        "n_ctx": args.n_ctx, "chunk": args.chunk, "from_state": args.from_state,
+                                        "flash_attn": args.flash_attn,
                                         "threads": args.threads, "n_ubatch": n_ubatch, "rows": rows,
                                         "summary": summary, "decode_rows": decode_rows,
                                         "decode_summary": decode_summary}, indent=1) + "\n")

@@ -82,6 +82,13 @@ def test_a_real_report(it, pi, tiny_llama_path, tmp_path):
     tps = json.loads(out.read_text())["summary"]["tps"]
     assert (run.n_ctx, run.flash_attn, run.threads, run.method) == (128, "off", 1, "exact@G4W16")
     assert run.ratio == pytest.approx(tps["exact@G4W16"] / tps["none"])
+    # a run that times one chunk from a saved state measures something else: not pooled, refused
+    at = tmp_path / "at.json"
+    assert pi.main(["--model", str(tiny_llama_path), "--n-ctx", "128", "--chunk", "20", "--threads", "1",
+                    "--methods", "none", "exact@G4W16", "--from-state", "60", "--rounds", "2",
+                    "--out", str(at)]) == 0
+    with pytest.raises(ValueError, match="saved state"):
+        it.load_runs([out, at])
 
 
 def test_bad_arguments(it, tmp_path):

@@ -113,3 +113,36 @@ def test_summary_ratios_are_baseline_seconds_over_method_seconds(pi):
     assert s["x_median"] == {"exact": 1.0}
     rows.append({"c0": 20, "n": 10, "none": 1.0, "exact": 0.5})
     assert pi.summarize(rows, ["none", "exact"])["x_median"] == {"exact": 1.5}
+
+
+def test_from_state_every_round_computes_the_same_chunk(pi, tiny_llama_path):
+    """--from-state: each round loads the state saved after the fill and evaluates the same chunk,
+    so every round's logits equal each other and a fresh run of the fill and the chunk (exact mode's
+    state included: the keys grouped on the way are restored as saved)."""
+    from selfextend_gguf.evaluate.bench import last_logits
+
+    tokens = [int(t) for t in np.random.default_rng(5).integers(3, 259, size=110)]
+    labels = METHODS[:2]
+    llms = _build(pi, tiny_llama_path, labels)
+    rows, logits = pi.repeat_from_state(llms, tokens, n_fill=90, chunk=15, rounds=3)
+    for llm in llms.values():
+        llm.close()
+    assert [(r["c0"], r["n"]) for r in rows] == [(90, 15)] * 3
+    assert all(r[label] > 0 for r in rows for label in labels)
+    for label in labels:
+        (alone,) = _build(pi, tiny_llama_path, [label]).values()
+        alone.eval(tokens[:105])
+        expected = last_logits(alone)
+        alone.close()
+        assert len(logits[label]) == 3
+        for got in logits[label]:
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=label)
+    # a fill and chunk past the tokens, or a used context, are refused
+    llms = _build(pi, tiny_llama_path, labels[:1])
+    with pytest.raises(ValueError, match="n_fill"):
+        pi.repeat_from_state(llms, tokens, n_fill=100, chunk=20, rounds=1)
+    pi.repeat_from_state(llms, tokens, n_fill=10, chunk=5, rounds=1)
+    with pytest.raises(ValueError, match="fresh instances"):
+        pi.repeat_from_state(llms, tokens, n_fill=10, chunk=5, rounds=1)
+    for llm in llms.values():
+        llm.close()
