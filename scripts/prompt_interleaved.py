@@ -77,6 +77,13 @@ def _in_turn(labels: List[str], i: int) -> List[str]:
     return labels[k:] + labels[:k]
 
 
+def _require_fresh(llms: Dict[str, Any]) -> None:
+    """Refuse a context that already holds tokens: its chunks would be timed at the wrong positions."""
+    for label, llm in llms.items():
+        if llm.n_tokens:
+            raise ValueError(f"{label}: the context already holds {llm.n_tokens} tokens; give fresh instances")
+
+
 def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
                n_chunks: Optional[int] = None) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
     """Evaluate ``tokens`` in every model, ``chunk`` tokens at a time, the models in rotating order.
@@ -86,9 +93,7 @@ def interleave(llms: Dict[str, Any], tokens: Sequence[int], chunk: int,
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     labels = list(llms)
-    for label, llm in llms.items():
-        if llm.n_tokens:
-            raise ValueError(f"{label}: the context already holds {llm.n_tokens} tokens; give fresh instances")
+    _require_fresh(llms)
     rows = []
     starts = range(0, len(tokens), chunk)
     for i, c0 in enumerate(starts if n_chunks is None else list(starts)[:n_chunks]):
@@ -119,9 +124,7 @@ def repeat_from_state(llms: Dict[str, Any], tokens: Sequence[int], n_fill: int, 
     from selfextend_gguf.evaluate.bench import last_logits
 
     labels = list(llms)
-    for label, llm in llms.items():
-        if llm.n_tokens:
-            raise ValueError(f"{label}: the context already holds {llm.n_tokens} tokens; give fresh instances")
+    _require_fresh(llms)
     states = {}
     for label, llm in llms.items():
         llm.eval(list(tokens[:n_fill]))
