@@ -42,6 +42,14 @@ def _offload_to_gpu():
 
 
 @pytest.fixture(scope="session")
+def lc():
+    """The patched llama_cpp module (loaded through selfextend_gguf): the C API for graph walks."""
+    from selfextend_gguf import load_llama_cpp
+
+    return load_llama_cpp()
+
+
+@pytest.fixture(scope="session")
 def ggml_cpu():
     """libggml-base and libggml-cpu of the library selfextend_gguf loads, typed to build and
     compute one op (graph_ops.ggml_cpu_api): the op tests against NumPy."""

@@ -66,13 +66,6 @@ def test_audit_table_parses():
 
 
 @pytest.fixture(scope="module")
-def lc():
-    from selfextend_gguf import load_llama_cpp
-
-    return load_llama_cpp()
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("audit")
     return {

@@ -25,13 +25,6 @@ F16 = 1
 
 
 @pytest.fixture(scope="module")
-def lc():
-    from selfextend_gguf import load_llama_cpp
-
-    return load_llama_cpp()
-
-
-@pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     # head_dim 64, as SmolLM2's
     return write_tiny_model(tmp_path_factory.mktemp("buffers") / "qwen2.gguf", arch="qwen2", n_embd=128, n_head=2,
