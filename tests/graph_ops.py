@@ -90,6 +90,13 @@ def ggml_cpu_api(lib_dir: str) -> Tuple[ctypes.CDLL, ctypes.CDLL]:
     base.ggml_mul_mat.restype, base.ggml_mul_mat.argtypes = vp, [vp, vp, vp]
     base.ggml_mul_mat_set_hint.argtypes = [vp, ctypes.c_int]
     base.ggml_argmax.restype, base.ggml_argmax.argtypes = vp, [vp, vp]
+    base.ggml_new_tensor_3d.restype = vp
+    base.ggml_new_tensor_3d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    f = ctypes.c_float
+    for name in ("ggml_flash_attn_ext", "ggml_flash_attn_ext_lse"):
+        getattr(base, name).restype = vp
+        getattr(base, name).argtypes = [vp, vp, vp, vp, vp, f, f, f]
+    base.ggml_flash_attn_ext_add_sinks.argtypes = [vp, vp]
     base.ggml_new_graph.restype, base.ggml_new_graph.argtypes = vp, [vp]
     base.ggml_build_forward_expand.argtypes = [vp, vp]
     base.ggml_get_data.restype, base.ggml_get_data.argtypes = vp, [vp]
@@ -105,6 +112,14 @@ def new_tensor_2d(base: ctypes.CDLL, ctx: int, values: np.ndarray) -> int:
     """A ggml tensor in ``ctx`` holding ``values`` (float32 or float16, ``[rows, n]``)."""
     rows, n = values.shape
     t = base.ggml_new_tensor_2d(ctx, _GGML_TYPES[values.dtype], n, rows)
+    ctypes.memmove(base.ggml_get_data(t), np.ascontiguousarray(values).tobytes(), values.nbytes)
+    return t
+
+
+def new_tensor_3d(base: ctypes.CDLL, ctx: int, values: np.ndarray) -> int:
+    """A ggml tensor in ``ctx`` holding ``values`` (float32 or float16, ``[ne2, ne1, ne0]``)."""
+    ne2, ne1, ne0 = values.shape
+    t = base.ggml_new_tensor_3d(ctx, _GGML_TYPES[values.dtype], ne0, ne1, ne2)
     ctypes.memmove(base.ggml_get_data(t), np.ascontiguousarray(values).tobytes(), values.nbytes)
     return t
 
