@@ -86,7 +86,7 @@ CACHES = {  # name: (type_k, type_v, flash_attn)
     "f32": (F32, F32, False),
     "f16": (F16, F16, False),
     "f16 flash": (F16, F16, True),
-    "f16 flash prompt": (F16, F16, True),  # ubatches of 2 tokens: their windows hold the scratch cells
+    "f16 flash prompt": (F16, F16, True),  # ubatches of 2 tokens
     "q8_0 K": (Q8_0, F16, False),
     "q8_0 flash": (Q8_0, Q8_0, True),
     "q4_0 flash": (Q4_0, Q4_0, True),
@@ -120,20 +120,22 @@ def test_exact_graph_ops_are_audited(lc, models, model, cache):
         n_ubatch = 2 if cache == "f16 flash prompt" else 64
         kw = dict(type_k=type_k, type_v=type_v, flash_attn=fa, n_ubatch=n_ubatch, **extra)
         placed_exact, placed_stock = {}, {}
-        exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, placement=placed_exact, **kw)
+        nodes: list[Node] = []
+        exact = collect_ops(lc, model_ptr, batches, self_extend=SE_EXACT, placement=placed_exact, nodes=nodes, **kw)
         stock = collect_ops(lc, model_ptr, batches, self_extend=SE_OFF, placement=placed_stock, **kw)
-        if fa and type_k in (F32, F16, Q8_0):
-            # prompt ubatches of 64 tokens are unfused (a window of W + 64 cells cannot hold two scratch cells
-            # per query and query head); ubatches of 2 run flash attention with the window's output in scratch
-            # cells (the LOG of its log-sum-exp is only in that graph); the two single-token decodes use flash
-            # attention, in a cache whose 256 cells are all read (no room past the used ones is needed), also
-            # with a q8_0 K, whose rotated keys are restored from F32 to the same bytes (patches/0011)
+        decode_ops = {nd.op for nd in nodes if nd.batch > 0}
+        if fa:
+            # on the CPU, whose flash attention returns the log-sum-exp (patches/0016), the prompt ubatches read
+            # in place run two flash attentions per self-extend layer whatever the cache (0017): nothing of the
+            # window is attended unfused, so no LOG of its log-sum-exp
             assert any(k[0] == "FLASH_ATTN_EXT" for k in exact)
-            assert any(k[0] == "LOG" for k in exact) == (cache == "f16 flash prompt")
-        elif fa and model != "gemma3_iswa":  # whose sliding-window layers are stock, with flash attention
-            # q4_0 decodes unfused: Metal reads its scale for the second nibble in half precision, so a restore
-            # from F32 could change it
-            assert not any(k[0] == "FLASH_ATTN_EXT" for k in exact)
+            assert not any(k[0] == "LOG" for k in exact)
+        if fa and model != "gemma3_iswa":  # whose sliding-window layers are stock, with flash attention
+            # the two single-token decodes use flash attention, in a cache whose 256 cells are all read (no room
+            # past the used ones is needed), also with a q8_0 K, whose rotated keys are restored from F32 to the
+            # same bytes (patches/0011). q4_0 decodes unfused: Metal reads its scale for the second nibble in
+            # half precision, so a restore from F32 could change it
+            assert ("FLASH_ATTN_EXT" in decode_ops) == (type_k in (F32, F16, Q8_0))
     added = exact - stock
     print(f"\n[audit] {model} {cache}: ops exact mode adds to the stock graph:\n{format_keys(added)}")
     # the self-extend graph was really built: a gather, and the write-back of the keys that leave the window
@@ -206,20 +208,48 @@ def test_unfused_decode_reads_its_window_in_place(lc, models, cache):
             assert k_gathers(decode_nodes(model_ptr, flash_attn=True)) == [window + 1] * (2 * n_decode)
 
 
-@pytest.mark.parametrize("flash_attn", [False, True], ids=["unfused", "flash"])
-def test_prompt_window_is_scaled_by_its_softmax(lc, models, flash_attn):
-    """A prompt ubatch that attends its window apart (patches/0010 without flash attention, 0008
-    with it) lets the window's softmax scale the scores as it reads them: no SCALE node makes a
-    pass of its own over the window's ``[W + n, n, n_head]`` scores (the log-sum-exp scales the
-    one score per row that it takes)."""
+def test_prompt_window_is_scaled_by_its_softmax(lc, models):
+    """A prompt ubatch that attends its window apart without flash attention (patches/0010) lets
+    the window's softmax scale the scores as it reads them: no SCALE node makes a pass of its own
+    over the window's ``[W + n, n, n_head]`` scores (the log-sum-exp scales the one score per row
+    that it takes). (With flash attention the CPU attends the window with a flash attention,
+    test_flash_attention_prompt_is_two_flash_attentions.)"""
     window = 20
     toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 70)]
     nodes: list[Node] = []
     with loaded_model(lc, models["qwen2_hd64"]) as model_ptr:
-        # ubatches of 16 (unfused) or 2 (flash attention: 2 n_gqa n scratch cells fit in the window)
         collect_ops(lc, model_ptr, [toks], self_extend=(1, 4, window), type_k=F16, type_v=F16,
-                    flash_attn=flash_attn, n_ubatch=2 if flash_attn else 16, nodes=nodes)
+                    n_ubatch=16, nodes=nodes)
     softmax = [n for n in nodes if n.op == "SOFT_MAX" and n.name.startswith("kq_win_soft_max")]
     assert softmax, "no prompt ubatch attended its window apart"
     scaled = {n.ne for n in nodes if n.op == "SCALE"}
     assert not [n.ne for n in softmax if n.ne in scaled]
+
+
+@pytest.mark.parametrize("cache", ["f16", "q8_0"])
+def test_flash_attention_prompt_is_two_flash_attentions(lc, models, cache):
+    """On the CPU, whose flash attention returns the log-sum-exp of its rows (patches/0016), a
+    prompt ubatch that reads its window in place (patches/0017) runs two flash attentions per
+    self-extend layer: the exact queries against the ``W + n`` cells of the window, and the grouped
+    queries against the ``n_kv`` cells of the cache, both with rows one longer than the head (the
+    log-sum-exp that merges them). Nothing is attended unfused: no softmax, and no product of the
+    cache's K with the queries. A q8_0 cache takes the same path (its K in a Hadamard basis)."""
+    type_k, type_v = {"f16": (F16, F16), "q8_0": (Q8_0, Q8_0)}[cache]
+    window, n_ubatch, n = 20, 16, 70
+    toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, n)]
+    nodes: list[Node] = []
+    with loaded_model(lc, models["qwen2_hd64"]) as model_ptr:
+        collect_ops(lc, model_ptr, [toks], self_extend=(1, 4, window), type_k=type_k, type_v=type_v,
+                    flash_attn=True, n_ubatch=n_ubatch, nodes=nodes)
+    head = 64
+    # the first ubatch (positions 0-15) is below W: stock. The other four read their window in place
+    n_se = len(range(n_ubatch, n, n_ubatch))
+    for layer in (0, 1):
+        win = [nd for nd in nodes if nd.op == "FLASH_ATTN_EXT" and nd.name == f"fattn_win-{layer}"]
+        grp = [nd for nd in nodes if nd.op == "FLASH_ATTN_EXT" and nd.name == f"fattn_grp-{layer}"]
+        assert len(win) == len(grp) == n_se, f"layer {layer}: {len(win)} window and {len(grp)} cache attentions"
+        # [head + 1, n_head, n_tokens]
+        assert {nd.ne[0] for nd in win + grp} == {head + 1}
+        assert all(nd.ne[2] == min(n_ubatch, n - i * n_ubatch) for i, nd in enumerate(win, start=1))
+    assert not [nd for nd in nodes if nd.op == "SOFT_MAX"], "a prompt ubatch attended something unfused"
+    assert not [nd for nd in nodes if nd.op == "MUL_MAT" and (nd.src0 or "").startswith("cache_k")]

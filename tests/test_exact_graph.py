@@ -489,19 +489,22 @@ def test_flash_attention_decode_restores_the_keys_it_rotates(llama_cpp, models, 
 @pytest.mark.parametrize("arch,cache", [
     *[(a, "f16") for a in ("llama", "phi3", "qwen2", "llama_scaled")],
     ("qwen2_hd64", "f16"),  # head_dim 64: the size CUDA's flash attention runs (16 it leaves to the CPU)
-    ("llama", "f32"),  # cast to F16 for the flash attention, the scratch cells restored from F32
+    ("llama", "f32"),  # cast to F16 for the flash attention
+    # quantized caches: the window read in place in its type, the keys that leave it written grouped
+    # before the second flash attention reads them (K in a Hadamard basis for the head of 64)
+    ("qwen2_hd64", "q8_0"), ("qwen2_hd64", "q4_0"),
 ])
 @pytest.mark.parametrize("n_ubatch", [4, 8])
 def test_flash_attention_prompt(llama_cpp, models, arch, cache, n_ubatch):
-    """With flash_attn=True a prompt ubatch whose window is in position order runs one
-    ggml_flash_attn_ext over the cache: its window is attended unfused, and the window's output and
-    log-sum-exp per query head enter the flash attention as scratch cells at the start of the
-    window (K = 0, V = the output, mask = the log-sum-exp), restored afterwards. The whole prompt
-    (256 tokens at 4x the trained context, ubatches of 4 and 8, 2-4 query heads per KV head, so
-    that two scratch cells per query and query head fit the window of 64) against the oracle: no further from it than 1.25x the
-    stock library's flash attention with the same cache is from its unfused F32 run. A window
-    weight off by 0.1% (a log-sum-exp off by 1e-3 of itself) triples the error; a scratch cell
-    left in the cache is off by the order of the logits."""
+    """With flash_attn=True a prompt ubatch whose window is in position order runs, on the CPU
+    (patches/0016, 0017), two flash attentions that return their log-sum-exp: the exact queries
+    against the window read in place, and the grouped queries against the cache (with the keys that
+    leave the window written in their grouped form between the two), merged by their weights. The
+    whole prompt (256 tokens at 4x the trained context, ubatches of 4 and 8, 2-4 query heads per KV
+    head) against the oracle: no further from it than 1.25x the stock library's flash attention with
+    the same cache is from its unfused F32 run. A window weight off by 0.1% (a log-sum-exp off by
+    1e-3 of itself) triples the error. (A device without the log-sum-exp takes patches/0008's
+    scratch cells: test_rpc.py's exact-fa setting, whose RPC servers refuse it, against this path.)"""
     lc = llama_cpp
     path = models[arch]
     type_k, type_v = FA_CACHES[cache]
@@ -520,21 +523,21 @@ def test_flash_attention_prompt(llama_cpp, models, arch, cache, n_ubatch):
 
 def test_flash_attention_prompt_in_query_tiles(llama_cpp, models):
     """The CPU flash attention runs 64 or more queries per head in tiles of 64 (patches/0009 gives each
-    thread whole tiles). A ubatch of 32 tokens with 2 query heads per KV head gives exact mode's
-    flash-attention prompt 64 queries per stream, and the stock library's 64 per head: the tiled
-    kernel. With 1 to 4 threads (chunk boundaries that would cut tiles differently) the logits are
-    identical, the stock flash attention is within 1% of its unfused F32 run, and exact mode is as
-    close to the oracle as test_flash_attention_prompt asks. A tile skipped, computed for the wrong
-    rows or twice into one output would break one of the three."""
+    thread whole tiles). A ubatch of 96 tokens gives both of exact mode's flash attentions (the window
+    against the exact queries, the cache against the grouped ones) and the stock library's 96
+    queries per head: a whole tile and part of one. With 1 to 4 threads (chunk boundaries that would
+    cut tiles differently) the logits are identical, the stock flash attention is within 1% of its
+    unfused F32 run, and exact mode is as close to the oracle as test_flash_attention_prompt asks. A
+    tile skipped, computed for the wrong rows or twice into one output would break one of the three."""
     lc = llama_cpp
     path = models["llama"]
-    g, w, n = 4, 128, 384  # 2 * n_gqa * n_ubatch = 128 scratch cells: the window of 128 holds them
+    g, w, n = 4, 128, 384
     tokens = _tokens(n, seed=31)
     ref = _oracle(path, tokens, g, w)
-    kw = dict(n_ctx=n, n_batch=n, n_ubatch=32, type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16, flash_attn=True)
+    kw = dict(n_ctx=n, n_batch=n, n_ubatch=96, type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16, flash_attn=True)
     exact = [_run(lc, path, tokens, g=g, w=w, n_threads=t, **kw) for t in (1, 2, 3, 4)]
     stock = [_run(lc, path, tokens, mode=SE_NONE, n_threads=t, **kw) for t in (1, 2, 3, 4)]
-    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, n_ctx=n, n_batch=n, n_ubatch=32)
+    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, n_ctx=n, n_batch=n, n_ubatch=96)
     for t, (e, s) in enumerate(zip(exact[1:], stock[1:]), start=2):
         assert np.array_equal(e, exact[0]), f"exact mode's logits differ between 1 and {t} threads"
         assert np.array_equal(s, stock[0]), f"the stock library's logits differ between 1 and {t} threads"

@@ -173,10 +173,12 @@ def test_flash_attention_decodes_up_to_n_ctx(tiny_llama_path):
 
 
 def test_flash_attention_prompt_compute_buffer_is_one_mask_more(tmp_path):
-    """The flash-attention prompt replaces the F32 score matrix of the whole cache with an F16 mask
-    of n_kv x (n_gqa x n_ubatch) per KV head, which one layer holds at a time. On a 16-layer model
-    the compute buffer stays within the stock library's plus three such masks; a mask that each
-    layer kept to the end of the graph (an unread write into it) would take 16."""
+    """The flash-attention prompt replaces the F32 score matrix of the whole cache with F16 masks:
+    on the CPU (patches/0017) one of the cache and one of the window, shared by the layers; on a
+    device without the log-sum-exp (patches/0008) one of n_kv x (n_gqa x n_ubatch) per KV head,
+    which one layer holds at a time. On a 16-layer model the compute buffer stays within the stock
+    library's plus three of the larger masks; a mask that each layer kept to the end of the graph
+    (an unread write into it) would take 16."""
     import llama_cpp
 
     from selfextend_gguf import LongLlama
@@ -254,8 +256,9 @@ def _abort_after_each_node(lc, llm, tokens, n_held: int, step: int) -> tuple:
 
 
 def test_failed_flash_attention_prompt_keeps_the_cache_consistent(tiny_llama_path):
-    """A flash-attention prompt ubatch holds K = 0 and the window's output in the first cells of its
-    window between two nodes of each layer's graph. Prompt ubatches of 8 tokens aborted after every
+    """A flash-attention prompt ubatch writes the grouped form of the keys that leave its window
+    between the two flash attentions of each layer (on a device without the log-sum-exp it holds
+    K = 0 and the window's output in cells of the window instead). Prompt ubatches of 8 tokens aborted after every
     node of the first two layers in turn: each time llama.cpp removes what the failed ubatch may
     have left overwritten (cells older than the ubatch), LongLlama counts as cached only what the
     cache holds, and continuing gives the logits of a fresh evaluation that never failed."""

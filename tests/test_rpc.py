@@ -82,22 +82,32 @@ def _model(path, setting: str, rpc=None, **kw):
     return LongLlama(str(path), **kwargs)
 
 
+def _atol(setting: str) -> float:
+    """1e-4; 1e-2 for exact mode's flash-attention prompt, which takes another path on the servers: the
+    RPC backend refuses the flash attention that returns the log-sum-exp (patches/0016), so they take
+    patches/0008's scratch cells, which hold the window's output in the F16 V cache (about 1e-3 of the
+    logits' range here), and the local CPU takes patches/0017's. A wrong weight of the window or a
+    scratch cell left in the cache is off by the order of the logits (1 to 5)."""
+    return 1e-2 if setting == "exact-fa" else 1e-4
+
+
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_split_across_two_servers_equals_local(servers, tiny_llama_path, setting):
-    """Prompt (100 tokens, past the trained 64) and 6 greedy decode steps: logits within 1e-4."""
+    """Prompt (100 tokens, past the trained 64) and 6 greedy decode steps: logits within 1e-4 (1e-2
+    for exact mode's flash-attention prompt, which the servers and the local CPU compute two ways)."""
     local, remote = _model(tiny_llama_path, setting), _model(tiny_llama_path, setting, rpc=servers)
     try:  # closed even on failure: an rpc-server serves one client at a time
         tokens = local.tokenize(("the lazy dog jumps over the quick brown fox. " * 4).encode())[:100]
         assert len(tokens) == 100
         for llm in (local, remote):
             llm.eval(tokens)
-        np.testing.assert_allclose(remote.scores[:100], local.scores[:100], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(remote.scores[:100], local.scores[:100], atol=_atol(setting), rtol=0)
         for step in range(6):
             token = int(np.argmax(local.scores[local.n_tokens - 1]))
             for llm in (local, remote):
                 llm.eval([token])
             np.testing.assert_allclose(remote.scores[local.n_tokens - 1], local.scores[local.n_tokens - 1],
-                                       atol=1e-4, rtol=0, err_msg=f"decode step {step}")
+                                       atol=_atol(setting), rtol=0, err_msg=f"decode step {step}")
     finally:
         local.close()
         remote.close()
