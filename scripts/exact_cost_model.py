@@ -20,11 +20,18 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
 - decoding: the W neighbours against the exact query and the one key that leaves the window
   against the grouped one, on top of the whole cache; the probabilities of the gathered keys are
   scattered into the row of the cache, so V is multiplied once;
-- prompt ubatches with flash attention (patches/0008), when the window holds two scratch cells per
+- prompt ubatches with flash attention elsewhere (patches/0008), when the window holds two scratch cells per
   query and query head of a KV head: the window is scored and multiplied with its V unfused (its keys
   against the exact queries, the keys that leave the window against the grouped ones, and the
   window's V once more), then one flash attention reads the whole cache with the window's output
   in scratch cells in place: the stock pass, plus the window's own product with V;
+- prompt ubatches with flash attention on the CPU (patches/0016, 0017), whose flash attention returns
+  the log-sum-exp: the window against the exact queries, and the cache against the grouped queries,
+  two flash attentions merged by their log-sum-exps. The CPU's flash attention skips a tile of 64
+  keys that every query of its tile of 64 masks (fewer queries skip each masked key), so the first
+  reads the window's cells within W of its queries, the second the cells more than W before them,
+  and the stock one the cells up to them: for this column both graphs are counted in the cells so
+  read, at exact mode's ubatch;
 - decoding with flash attention (patches/0007): the W neighbours and the key that leaves the window
   are saved, written rotated into their own cells, read by one flash attention over the stock n_kv
   cells, and written back: no multiply-add more than stock, but ``4 (W + 1)`` rows of K moved per
@@ -50,7 +57,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 
 #: patches/0010 pads the block of the cells before the window to 16 cells on each side of the window's
@@ -144,6 +151,52 @@ def prompt_macs(s: Shape, n_prompt: int, n_ubatch: int, w: int, *, flash_attn: b
     return stock, exact, rotated
 
 
+#: the CPU's flash attention takes 64 or more queries per head in tiles of 64 (ggml_fa_tile_config::Q), and reads
+#: the keys in tiles of 64 (::KV), skipping a tile that every query of its tile masks; fewer queries are taken one
+#: by one, skipping each masked key
+FA_TILE = 64
+
+
+def _fa_cells(n: int, seen: Callable[[int, int], Tuple[int, int]]) -> int:
+    """Key cells the CPU's flash attention reads for n queries, summed over the queries: ``seen(q0, q1)`` is the
+    range [lo, hi) of cells (of the K it is given) that the queries q0..q1-1 see."""
+    if n < FA_TILE:
+        return sum(max(0, hi - lo) for lo, hi in (seen(q, q + 1) for q in range(n)))
+    total = 0
+    for q0 in range(0, n, FA_TILE):
+        q1 = min(n, q0 + FA_TILE)
+        lo, hi = seen(q0, q1)
+        if hi > lo:
+            total += (q1 - q0) * FA_TILE * ((hi - 1) // FA_TILE - lo // FA_TILE + 1)
+    return total
+
+
+def prompt_macs_ubatch_lse(s: Shape, p: int, n: int, w: int) -> Tuple[int, int]:
+    """(stock, exact) multiply-adds of the ubatch of n queries at p..p+n-1 with the CPU's flash attention,
+    counted in the cells it reads (_fa_cells): for the stock graph every cell up to each query; for exact mode
+    the window's cells within W of each query (against the exact queries, the window read as its own K) and
+    the cells more than W before it (against the grouped queries, the cache)."""
+    per_cell = s.n_layer * s.n_head * (s.head_dim_k + s.head_dim_v)
+    stock = n * s.weight_macs + per_cell * _fa_cells(n, lambda q0, q1: (0, p + q1))
+    n_win = ubatch_window(p, n, w)
+    if n_win == 0:
+        return stock, stock
+    first = p + n - n_win  # the window's first cell
+    window = _fa_cells(n, lambda q0, q1: (max(0, p + q0 - w + 1 - first), p + q1 - first))
+    grouped = _fa_cells(n, lambda q0, q1: (0, max(0, p + q1 - w)))
+    return stock, n * s.weight_macs + per_cell * (window + grouped)
+
+
+def prompt_macs_lse(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int]:
+    """(stock, exact) multiply-adds of evaluating a prompt from position 0 with the CPU's flash attention, both
+    in ubatches of ``n_ubatch`` (how many cells a tile skips depends on the ubatch, not on the method)."""
+    stock = exact = 0
+    for p, n in _ubatches(n_prompt, n_ubatch):
+        st, ex = prompt_macs_ubatch_lse(s, p, n, w)
+        stock, exact = stock + st, exact + ex
+    return stock, exact
+
+
 def prompt_macs_fa(s: Shape, n_prompt: int, n_ubatch: int, w: int) -> Tuple[int, int]:
     """(stock, exact) multiply-adds of evaluating a prompt from position 0 with flash attention: a ubatch
     whose window holds 2 * n_gqa * n scratch cells (two per query and query head of a KV head) runs one
@@ -188,18 +241,20 @@ def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, i
 def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int,
           exact_n_ubatch: Sequence[int], decode: int) -> str:
     """One row per length: stock's prompt in ubatches of ``n_ubatch``, exact mode's in its own."""
-    rows: List[str] = ["| n_ctx | G | W | exact ubatch | prompt bound | prompt bound, FA | decode bound "
-                       "| decode bound, FA | keys re-rotated per prompt token | per decoded token "
+    rows: List[str] = ["| n_ctx | G | W | exact ubatch | prompt bound | prompt bound, FA | prompt bound, FA on the CPU "
+                       "| decode bound | decode bound, FA | keys re-rotated per prompt token | per decoded token "
                        "| K rows moved per decoded token, FA |",
-                       "|---|---|---|---|---|---|---|---|---|---|---|"]
+                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n_ctx, (g, w), ub in zip(lengths, settings, exact_n_ubatch):
         n_prompt = n_ctx - decode - 8
         ps = prompt_macs(s, n_prompt, n_ubatch, w)[0]
         _, pe, pr = prompt_macs(s, n_prompt, ub, w)
         ds, de, dr = decode_macs(s, n_prompt, decode, w)
         pfe = prompt_macs_fa(s, n_prompt, ub, w)[1]
+        ls, le = prompt_macs_lse(s, n_prompt, ub, w)
         fs, fe, fm = decode_macs_fa(s, n_prompt, decode, w)
-        rows.append(f"| {n_ctx} | {g} | {w} | {ub} | {ps / pe:.2f}x | {ps / pfe:.2f}x | {ds / de:.2f}x | {fs / fe:.2f}x "
+        rows.append(f"| {n_ctx} | {g} | {w} | {ub} | {ps / pe:.2f}x | {ps / pfe:.2f}x | {ls / le:.2f}x "
+                    f"| {ds / de:.2f}x | {fs / fe:.2f}x "
                     f"| {pr / n_prompt:.0f} | {dr / decode:.0f} | {fm / decode:.0f} |")
     return "\n".join(rows)
 

@@ -96,6 +96,28 @@ def test_prompt_count_with_flash_attention(cm):
     assert fused[1] - fused[0] == 8 * 2 * 4 * (16 * (32 + 8) + 8 * 32)
 
 
+def test_prompt_count_with_flash_attention_on_the_cpu(cm):
+    s = cm.Shape(n_layer=2, n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=8, weight_macs=1000)
+    per_cell = 2 * 4 * (16 + 8)  # 2 layers, 4 heads, a key and a value
+    # fewer than 64 queries are taken one by one, each masked key skipped: query i of 100..107 (W = 40) sees
+    # i + 1 cells in the stock graph, and in exact mode the 40 within W exact and the i - 39 before them
+    # grouped: the same cells, once each
+    stock, exact = cm.prompt_macs_ubatch_lse(s, 100, 8, 40)
+    assert stock == exact == 8 * 1000 + per_cell * sum(i + 1 for i in range(100, 108))
+    # 128 queries at 256..383, W = 100, in two tiles of 64 queries that read keys in tiles of 64. stock: the
+    # first sees cells 0..319 (5 key tiles), the second 0..383 (6). The window is 156..383 (228 cells, its
+    # own tiles from 156): the first query tile sees 157..319 of it (view 1..163: tiles 0-2), the second
+    # 221..383 (view 65..227: tiles 1-3); grouped, the first sees 0..219 (tiles 0-3), the second 0..283 (0-4)
+    stock, exact = cm.prompt_macs_ubatch_lse(s, 256, 128, 100)
+    assert stock == 128 * 1000 + per_cell * 64 * 64 * (5 + 6)
+    assert exact == 128 * 1000 + per_cell * 64 * 64 * ((3 + 3) + (4 + 5))
+    assert cm.prompt_macs_ubatch_lse(s, 8, 8, 40) == (8 * 1000 + per_cell * sum(range(9, 17)),) * 2  # below W
+    # a whole prompt: both graphs in the same ubatches
+    stock, exact = cm.prompt_macs_lse(s, 1000, 128, 100)
+    ubatches = [(p, min(128, 1000 - p)) for p in range(0, 1000, 128)]
+    assert (stock, exact) == tuple(map(sum, zip(*(cm.prompt_macs_ubatch_lse(s, p, n, 100) for p, n in ubatches))))
+
+
 def test_prompt_count_split_costs_less_than_the_whole_cache(cm):
     # the ubatch of 8 at 300..307, W = 40: window 260..307 (48 cells), cells 0..259 before it; the stock
     # graph multiplies 512 cells (307 used, padded to 256), the split one scores the cells before the
@@ -139,7 +161,7 @@ def test_cli_prints_the_table(tiny_llama_path):
                          capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 256") or line.startswith("| 128")]
     assert len(rows) == 2
-    assert "| 128 | 4 | 200 | 128 | 1.00x | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock
+    assert "| 128 | 4 | 200 | 128 | 1.00x | 1.00x | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock
     assert rows[0].startswith("| 256 | 2 | 16 | 128 |")  # exact mode's ubatch: LongLlama's default
     assert float(rows[0].split("|")[5].strip().rstrip("x")) < 1.0
     # exact mode's window part shrinks with its ubatch: (W + n) columns per query
