@@ -12,11 +12,13 @@ from ._native import NativeLibraryError, load_llama_cpp
 from ._pinned import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from .errors import (
     ContextLengthError,
+    ExactModeUnsupportedError,
     InvalidGrammarError,
     InvalidTokenError,
     ModelClosedError,
     ModelFileError,
     ModelNotFoundError,
+    ModeFallbackWarning,
     PromptCancelled,
     RpcServerError,
     SelfExtendConfigError,
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ContextLengthError",
     "DEFAULT_MODE",
+    "ExactModeUnsupportedError",
     "InvalidGrammarError",
     "InvalidTokenError",
     "LLAMA_CPP_COMMIT",
@@ -44,6 +47,7 @@ __all__ = [
     "ModelClosedError",
     "ModelFileError",
     "ModelNotFoundError",
+    "ModeFallbackWarning",
     "ProgressCallback",
     "NativeLibraryError",
     "PromptCancelled",

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Tuple
 
 from ._native import load_llama_cpp
-from .errors import NativeLibraryError, SelfExtendConfigError, UnsupportedModelError
+from .errors import ExactModeUnsupportedError, NativeLibraryError, SelfExtendConfigError, UnsupportedModelError
 from .params import SelfExtendParams
 
 SELF_EXTEND_NONE = 0
@@ -23,10 +23,10 @@ _ERRORS = {
     -1: (SelfExtendConfigError, "invalid group_size or window"),
     -2: (UnsupportedModelError, "the model has no RoPE attention layers, or recurrent/hybrid memory"),
     -3: (SelfExtendConfigError, "the context already holds tokens; call reset() and clear the cache first"),
-    -4: (UnsupportedModelError, "this model or context configuration is not supported (see the llama.cpp log)"),
+    -4: (ExactModeUnsupportedError, "this model or context configuration is not supported (see the llama.cpp log)"),
     -5: (SelfExtendConfigError, "the compute graph of this setting does not fit in memory; the previous setting "
                                 "is kept (try a smaller n_ubatch or n_ctx)"),
-    -6: (UnsupportedModelError, "exact mode does not compute this model's attention (ALiBi, logit "
+    -6: (ExactModeUnsupportedError, "exact mode does not compute this model's attention (ALiBi, logit "
                                 "soft-capping, attention sinks or Grok's output scale); use mode='shift'"),
 }
 

@@ -110,14 +110,14 @@ class Chat:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Chat with the model in the terminal (streaming, the model's chat template, long history)."""
-    from . import DEFAULT_MODE, LongLlama, default_model_path
+    from . import LongLlama, default_model_path
     from .gguf_info import read_model_info
 
     model = args.model or str(default_model_path())
     info = read_model_info(model)
     n_ctx = args.n_ctx or 2 * info.n_ctx_train
     bar = PromptProgressBar(args.progress_min)
-    llm = LongLlama(model, group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
+    llm = LongLlama(model, group_size=args.group_size, window=args.window, mode=args.mode,
                     n_ctx=n_ctx, n_batch=args.n_batch, n_threads=args.threads, n_threads_batch=args.threads,
                     n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, progress_callback=bar,
                     rpc_servers=args.rpc,

@@ -16,7 +16,8 @@ from .params import MODES
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="GGUF model path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--mode", choices=MODES, default=None,
-                   help="self-extend mode (default: the library's; demo: both, one after the other)")
+                   help="self-extend mode (default: exact, or shift where exact mode refuses the model; "
+                        "demo: both, one after the other)")
     p.add_argument("--group-size", "-G", type=int, default=None, help="group size G (default: automatic)")
     p.add_argument("--window", "-W", type=int, default=None, help="neighbour window W (default: automatic)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")

@@ -28,6 +28,12 @@ class UnsupportedModelError(SelfExtendError, ValueError):
     """The model cannot be self-extended (no RoPE attention, recurrent or hybrid memory)."""
 
 
+class ExactModeUnsupportedError(UnsupportedModelError):
+    """Exact mode does not compute this model's attention, or not with this context's memory
+    (``llama_set_self_extend`` refused it: an attention variant such as logit soft-capping or
+    sinks, multi-dimensional RoPE, MLA, ...). Shift mode may still run the model."""
+
+
 class SelfExtendConfigError(SelfExtendError, ValueError):
     """``group_size``, ``window``, ``mode`` or ``n_ctx`` are invalid for this model."""
 
@@ -75,3 +81,11 @@ class InvalidGrammarError(SelfExtendError, ValueError):
 
 class RpcServerError(SelfExtendError, ConnectionError):
     """An RPC server (``rpc_servers``) cannot be reached, or was lost while the model used it."""
+
+
+class ModeFallbackWarning(UserWarning):
+    """No ``mode`` was given and exact mode, the default, refused the model: shift mode runs instead.
+
+    Pass ``mode="shift"`` to choose shift mode without trying exact mode first, or
+    ``mode="exact"`` to make the refusal an error.
+    """

@@ -9,6 +9,7 @@ import inspect
 import itertools
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -18,17 +19,19 @@ from . import state as _state
 from ._native import load_llama_cpp
 from .errors import (
     ContextLengthError,
+    ExactModeUnsupportedError,
     InvalidGrammarError,
     InvalidTokenError,
     ModelClosedError,
     ModelFileError,
+    ModeFallbackWarning,
     PromptCancelled,
     SelfExtendConfigError,
     SelfExtendError,
     StateError,
     UnsupportedModelError,
 )
-from .gguf_info import read_model_info
+from .gguf_info import ModelInfo, read_model_info
 from .params import SelfExtendParams, as_int, choose_parameters
 from .rpc import RpcLlama
 from .shift import ShiftSchedule
@@ -36,11 +39,15 @@ from .ubatch import exact_ubatch
 
 llama_cpp = load_llama_cpp()
 
-#: the mode used when the caller names none
-DEFAULT_MODE = "shift"
+#: the mode used when the caller names none: exact, the paper's method, which costs no more than the
+#: stock model on the CPU (docs/exact-storage.md); where it refuses a model, shift mode runs instead
+DEFAULT_MODE = "exact"
 
 #: ``progress_callback(n_done, n_total)``; returning ``False`` (not ``None``) cancels the evaluation
 ProgressCallback = Callable[[int, int], Optional[bool]]
+
+#: ``rpc_servers``: ``"host:port"`` addresses, or one comma-separated string
+RpcServers = Optional[Union[str, Sequence[str]]]
 
 #: keyword arguments ``llama_cpp.Llama.__init__`` reads (it swallows any other name in ``**kwargs``)
 _LLAMA_KEYWORDS = frozenset(name for name, p in inspect.signature(llama_cpp.Llama.__init__).parameters.items()
@@ -87,9 +94,12 @@ class LongLlama(RpcLlama):
             Chosen from ``n_ctx`` and the model's trained length when omitted.
         window: ``W``, how many nearest keys keep their exact positions.
             Chosen automatically when omitted; must be below the trained length.
-        mode: ``"shift"`` (grouped-position KV shifting, as llama.cpp's
-            ``--grp-attn-n`` tools do it) or ``"exact"`` (the paper's per-query
-            bi-level attention inside the llama.cpp graph).
+        mode: ``"exact"`` (the paper's per-query bi-level attention inside the
+            llama.cpp graph) or ``"shift"`` (grouped-position KV shifting, as llama.cpp's
+            ``--grp-attn-n`` tools do it). When omitted, exact mode; where exact mode
+            does not compute the model's attention (logit soft-capping, attention sinks,
+            multi-dimensional RoPE, MLA, ...), shift mode runs instead, with a
+            :class:`ModeFallbackWarning`. An explicit ``mode`` is never replaced.
         progress_callback: Called as ``progress_callback(n_done, n_total)`` after
             every decoded batch while a prompt is evaluated (any :meth:`eval` of more
             than one token; generation's one-token steps do not report). ``n_done``
@@ -113,7 +123,9 @@ class LongLlama(RpcLlama):
 
     Raises:
         ModelNotFoundError, ModelFileError: the file is missing, not GGUF, or damaged.
-        UnsupportedModelError: the model has no RoPE attention, or recurrent memory.
+        UnsupportedModelError: the model has no RoPE attention, or recurrent memory; or the
+            mode given (or, with none given, both modes) cannot run it
+            (:class:`ExactModeUnsupportedError` where exact mode refuses it).
         SelfExtendConfigError: ``group_size``/``window``/``mode``/``n_ctx`` cannot work for the model.
         RpcServerError: an RPC server cannot be reached (or, later, was lost during an evaluation).
         ContextLengthError: (later) a prompt or generation longer than ``n_ctx``.
@@ -125,9 +137,9 @@ class LongLlama(RpcLlama):
         *,
         group_size: Optional[int] = None,
         window: Optional[int] = None,
-        mode: str = DEFAULT_MODE,
+        mode: Optional[str] = None,
         progress_callback: Optional[ProgressCallback] = None,
-        rpc_servers: Optional[Union[str, Sequence[str]]] = None,
+        rpc_servers: RpcServers = None,
         **kwargs: Any,
     ):
         check_keywords(kwargs)
@@ -135,21 +147,40 @@ class LongLlama(RpcLlama):
             raise TypeError(f"progress_callback must be a callable (n_done, n_total) -> bool | None, "
                             f"got {type(progress_callback).__name__}")
         self.progress_callback: Optional[ProgressCallback] = progress_callback
-        self._closed = False
         self._completion_cap: Optional[int] = None
         self._cap_reached = False
         model_path = os.path.expanduser(os.fspath(model_path))  # Llama does not expand "~"
         info = read_model_info(model_path)
         if "n_ctx" in kwargs:  # numpy integers too, as Llama takes them; passed on as a plain int
             kwargs["n_ctx"] = as_int(kwargs["n_ctx"], "n_ctx")
+        if kwargs.get("n_ubatch", 0) is None:  # unset, as the server's settings say it: Llama's default
+            del kwargs["n_ubatch"]
         n_ctx = kwargs.get("n_ctx", 512) or info.n_ctx_train  # 0: llama.cpp's "the trained length"
-        params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode=mode)
+        params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window,
+                                   mode=DEFAULT_MODE if mode is None else mode)
+        try:
+            self._open(model_path, info, params, rpc_servers, kwargs)
+        except ExactModeUnsupportedError as refusal:
+            if mode is not None:
+                raise
+            params = self._open_in_shift_mode(refusal, model_path, info, n_ctx, group_size, window, rpc_servers,
+                                              kwargs)
+            warnings.warn(f"{refusal}. Running shift mode instead (group_size={params.group_size}, "
+                          f"window={params.window}); pass mode='shift' to choose it without trying exact mode "
+                          "first, or mode='exact' to make this an error.", ModeFallbackWarning, stacklevel=2)
+
+    def _open(self, model_path: str, info: ModelInfo, params: SelfExtendParams, rpc_servers: RpcServers,
+              kwargs: Dict[str, Any]) -> None:
+        """Load the model and create its context (``kwargs`` are ``Llama``'s), then switch ``params`` on.
+
+        Everything is freed again before an error is raised, so that a second ``_open`` can follow.
+        """
         self.self_extend: SelfExtendParams = params
         self._requested_n_ctx = params.n_ctx
         self._shift: Optional[ShiftSchedule] = None
         self._n_cached = 0
-        if kwargs.get("n_ubatch", 0) is None:  # unset, as the server's settings say it: Llama's default
-            del kwargs["n_ubatch"]
+        self._closed = False
+        kwargs = dict(kwargs)
         if params.mode == "exact" and params.enabled and "n_ubatch" not in kwargs:
             n_batch = as_int(kwargs.get("n_batch", 512), "n_batch", minimum=1)
             kwargs["n_ubatch"] = exact_ubatch(params.n_ctx, info.n_head, n_batch, n_gqa=info.n_gqa,
@@ -161,6 +192,23 @@ class LongLlama(RpcLlama):
         except Exception:
             self.close()
             raise
+
+    def _open_in_shift_mode(self, refusal: ExactModeUnsupportedError, model_path: str, info: ModelInfo, n_ctx: int,
+                            group_size: Optional[int], window: Optional[int], rpc_servers: RpcServers,
+                            kwargs: Dict[str, Any]) -> SelfExtendParams:
+        """Shift mode's setting, opened, where no mode was given and exact mode refused the model.
+
+        The model and context are created again rather than kept: exact mode chose the context's
+        ``n_ubatch`` for its own graph. Where shift mode cannot run the model or the setting either,
+        the error names both reasons.
+        """
+        try:
+            params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode="shift")
+            self._open(model_path, info, params, rpc_servers, kwargs)
+        except (UnsupportedModelError, SelfExtendConfigError) as e:
+            raise type(e)(f"neither mode runs this model with this setting. Exact mode, the default: {refusal}. "
+                          f"Shift mode, tried instead: {e}") from refusal
+        return params
 
     def n_ctx(self) -> int:
         """The context size: the ``n_ctx`` asked for, not llama.cpp's padded one.

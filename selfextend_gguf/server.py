@@ -36,7 +36,7 @@ import re
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import MissingExtraError, SelfExtendConfigError
-from .long_llama import DEFAULT_MODE, LongLlama, llama_cpp
+from .long_llama import LongLlama, llama_cpp
 
 try:
     import uvicorn  # noqa: F401  (not used here: checked so that `serve` fails early and clearly)
@@ -77,7 +77,8 @@ class LongModelSettings(ModelSettings):
     n_ubatch: Optional[int] = None  # type: ignore[assignment]
     group_size: Optional[int] = None
     window: Optional[int] = None
-    mode: str = DEFAULT_MODE
+    #: None: LongLlama's default (exact mode; shift mode where exact mode refuses the model)
+    mode: Optional[str] = None
     rpc_servers: Optional[List[str]] = None
 
 

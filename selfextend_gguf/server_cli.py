@@ -61,7 +61,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .gguf_info import read_model_info
-    from .long_llama import DEFAULT_MODE
     from .models import default_model_path
 
     model = args.model or str(default_model_path())
@@ -71,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=model, model_alias=args.model_alias, n_ctx=n_ctx, n_batch=args.n_batch,
         n_ubatch=args.n_ubatch, n_threads=args.threads, n_threads_batch=args.threads,
         n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format, logits_all=args.logits_all,
-        group_size=args.group_size, window=args.window, mode=args.mode or DEFAULT_MODE,
+        group_size=args.group_size, window=args.window, mode=args.mode,
         rpc_servers=args.rpc.split(",") if args.rpc else None,
         type_k=CACHE_TYPES[args.cache_type_k], type_v=CACHE_TYPES[args.cache_type_v],
         verbose=args.verbose)

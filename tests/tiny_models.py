@@ -41,6 +41,7 @@ __all__ = [
     "special_token_ids",
     "write_tiny_gemma3",
     "write_tiny_openelm",
+    "write_tiny_grok",
 ]
 
 ARCHS = ("llama", "qwen2", "phi3")
@@ -453,6 +454,70 @@ def write_tiny_openelm(
         mat(p + "ffn_gate.weight", ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_up.weight", ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, ff, 1.0 / np.sqrt(ff))
+    return _write_out(w, path)
+
+
+def write_tiny_grok(
+    path: str | Path,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 96,
+    n_expert: int = 2,
+    n_vocab: int = DEFAULT_N_VOCAB,
+    context_length: int = 64,
+    seed: int = 37,
+) -> Path:
+    """Write a tiny random grok: rope NORM, attention logit soft-capping (30, llama.cpp's default for
+    grok) and an attention output scale, and a mixture-of-experts GELU FFN (one expert used per token).
+
+    Exact mode refuses grok's attention (``llama_set_self_extend`` answers -6), while shift mode runs
+    it: it has no sliding-window layers and a cache that can shift.
+    """
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head_dim = n_embd // n_head
+    w = gguf.GGUFWriter(str(path), "grok")
+    w.add_name("selfextend-gguf tiny grok test model")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(1)
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    _write_tokenizer(w, "spm", n_vocab)
+
+    def mat(name: str, shape: tuple, std: float) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * std).astype(np.float32))
+
+    def vec(name: str, n: int) -> None:
+        w.add_tensor(name, (1.0 + rng.standard_normal(n) * 0.1).astype(np.float32))
+
+    n_kv = n_head_kv * head_dim
+    mat("token_embd.weight", (n_vocab, n_embd), 1.0 / np.sqrt(n_embd))
+    vec("output_norm.weight", n_embd)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        vec(p + "attn_norm.weight", n_embd)
+        mat(p + "attn_q.weight", (n_embd, n_embd), 2.0 / np.sqrt(n_embd))
+        mat(p + "attn_k.weight", (n_kv, n_embd), 2.0 / np.sqrt(n_embd))
+        mat(p + "attn_v.weight", (n_kv, n_embd), 1.0 / np.sqrt(n_embd))
+        mat(p + "attn_output.weight", (n_embd, n_embd), 1.0 / np.sqrt(n_embd))
+        vec(p + "attn_output_norm.weight", n_embd)
+        vec(p + "ffn_norm.weight", n_embd)
+        mat(p + "ffn_gate_inp.weight", (n_expert, n_embd), 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_gate_exps.weight", (n_expert, n_ff, n_embd), 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_up_exps.weight", (n_expert, n_ff, n_embd), 1.0 / np.sqrt(n_embd))
+        mat(p + "ffn_down_exps.weight", (n_expert, n_embd, n_ff), 1.0 / np.sqrt(n_ff))
+        vec(p + "layer_output_norm.weight", n_embd)
     return _write_out(w, path)
 
 
