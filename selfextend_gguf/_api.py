@@ -23,11 +23,12 @@ _ERRORS = {
     -1: (SelfExtendConfigError, "invalid group_size or window"),
     -2: (UnsupportedModelError, "the model has no RoPE attention layers, or recurrent/hybrid memory"),
     -3: (SelfExtendConfigError, "the context already holds tokens; call reset() and clear the cache first"),
-    -4: (ExactModeUnsupportedError, "this model or context configuration is not supported (see the llama.cpp log)"),
+    -4: (ExactModeUnsupportedError, "exact mode does not support this model or context configuration (M-RoPE, "
+                                    "MLA, a cache that cannot shift, ...: the llama.cpp log names it)"),
     -5: (SelfExtendConfigError, "the compute graph of this setting does not fit in memory; the previous setting "
                                 "is kept (try a smaller n_ubatch or n_ctx)"),
     -6: (ExactModeUnsupportedError, "exact mode does not compute this model's attention (ALiBi, logit "
-                                "soft-capping, attention sinks or Grok's output scale); use mode='shift'"),
+                                    "soft-capping, attention sinks or Grok's output scale: the llama.cpp log names it)"),
 }
 
 

@@ -158,16 +158,23 @@ class LongLlama(RpcLlama):
         n_ctx = kwargs.get("n_ctx", 512) or info.n_ctx_train  # 0: llama.cpp's "the trained length"
         params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window,
                                    mode=DEFAULT_MODE if mode is None else mode)
+        self._exact_refusal: Optional[ExactModeUnsupportedError] = None
         try:
             self._open(model_path, info, params, rpc_servers, kwargs)
         except ExactModeUnsupportedError as refusal:
             if mode is not None:
-                raise
+                raise ExactModeUnsupportedError(f"{refusal}. Shift mode may run it: pass mode='shift', or leave mode "
+                                                "unset to fall back to shift mode where exact mode refuses") from refusal
+            self._exact_refusal = refusal
             params = self._open_in_shift_mode(refusal, model_path, info, n_ctx, group_size, window, rpc_servers,
                                               kwargs)
-            warnings.warn(f"{refusal}. Running shift mode instead (group_size={params.group_size}, "
-                          f"window={params.window}); pass mode='shift' to choose it without trying exact mode "
-                          "first, or mode='exact' to make this an error.", ModeFallbackWarning, stacklevel=2)
+            try:
+                warnings.warn(f"{refusal}. Running shift mode instead (group_size={params.group_size}, "
+                              f"window={params.window}); pass mode='shift' to choose it without trying exact mode "
+                              "first, or mode='exact' to make this an error.", ModeFallbackWarning, stacklevel=2)
+            except BaseException:  # warnings turned into errors: nothing stays open
+                self.close()
+                raise
 
     def _open(self, model_path: str, info: ModelInfo, params: SelfExtendParams, rpc_servers: RpcServers,
               kwargs: Dict[str, Any]) -> None:
@@ -185,8 +192,8 @@ class LongLlama(RpcLlama):
             n_batch = as_int(kwargs.get("n_batch", 512), "n_batch", minimum=1)
             kwargs["n_ubatch"] = exact_ubatch(params.n_ctx, info.n_head, n_batch, n_gqa=info.n_gqa,
                                               window=params.window, flash_attn=bool(kwargs.get("flash_attn")))
-        super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)
         try:
+            super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)
             self._check_model()
             self._enable(params)
         except Exception:
@@ -204,10 +211,18 @@ class LongLlama(RpcLlama):
         """
         try:
             params = choose_parameters(n_ctx, info.n_ctx_train, group_size=group_size, window=window, mode="shift")
+        except SelfExtendConfigError as e:
+            raise SelfExtendConfigError(
+                f"exact mode, the default, refused this model ({refusal}), so shift mode was tried instead, and this "
+                f"setting does not suit shift mode: {e} (Exact mode cannot run this model: of that advice, only "
+                "shift mode's settings apply.)") from refusal
+        try:
             self._open(model_path, info, params, rpc_servers, kwargs)
-        except (UnsupportedModelError, SelfExtendConfigError) as e:
-            raise type(e)(f"neither mode runs this model with this setting. Exact mode, the default: {refusal}. "
-                          f"Shift mode, tried instead: {e}") from refusal
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(
+                f"neither mode runs this model. Exact mode, the default, refused it: {refusal}. Shift mode, tried "
+                f"instead, refused it too: {e} Use llama_cpp.Llama for it, with n_ctx at most its trained "
+                f"{info.n_ctx_train} tokens.") from refusal
         return params
 
     def n_ctx(self) -> int:
@@ -240,14 +255,17 @@ class LongLlama(RpcLlama):
         self._check_sliding_window(params)
         if params.mode == "shift":
             if not llama_cpp.llama_memory_can_shift(self._ctx.memory):
-                raise UnsupportedModelError(
-                    "this model's KV cache cannot shift positions (llama_memory_can_shift is false), "
-                    "which shift mode needs. Use mode='exact'.")
+                raise self._shift_refusal("this model's KV cache cannot shift positions (llama_memory_can_shift is "
+                                          "false), which shift mode needs.", "Use mode='exact'.")
             self._shift = ShiftSchedule(params.group_size, params.window)
         else:
             from . import _api
 
             _api.set_self_extend(self._ctx.ctx, params)
+
+    def _shift_refusal(self, reason: str, advice: str) -> UnsupportedModelError:
+        """Shift mode's refusal: ``reason``, then ``advice`` to use exact mode unless exact mode refused the model."""
+        return UnsupportedModelError(reason if self._exact_refusal else f"{reason} {advice}")
 
     def _check_sliding_window(self, params: SelfExtendParams) -> None:
         """Refuse what SelfExtend cannot do right on a model with sliding-window attention (SWA).
@@ -273,11 +291,11 @@ class LongLlama(RpcLlama):
                 "a distance beyond its window, so the model needs no extension and SelfExtend would change "
                 "nothing. Use llama_cpp.Llama with the n_ctx you need.")
         if params.mode == "shift":
-            raise UnsupportedModelError(
+            raise self._shift_refusal(
                 f"{arch} has sliding-window attention layers (window {n_swa}). Shift mode divides the cached "
                 "positions of every layer (llama_memory_seq_div), so its sliding-window layers would see grouped "
-                "positions inside their window, where SelfExtend keeps them stock. Use mode='exact': it applies "
-                "SelfExtend to the full-attention layers only.")
+                "positions inside their window, where SelfExtend keeps them stock.",
+                "Use mode='exact': it applies SelfExtend to the full-attention layers only.")
 
 
     # -- evaluation ---------------------------------------------------------------------------

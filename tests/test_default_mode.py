@@ -12,6 +12,7 @@ The references are independent instances opened with an explicit mode, and the s
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -104,16 +105,18 @@ def test_a_model_exact_mode_refuses_runs_in_shift_mode(grok_path):
 
 
 def test_an_explicit_exact_mode_is_never_replaced(grok_path):
+    """mode='exact' on grok: the library's refusal, with the way to run the model in shift mode."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ExactModeUnsupportedError, match="Grok's output scale") as caught:
+        with pytest.raises(ExactModeUnsupportedError, match="Grok's output scale.*pass mode='shift'") as caught:
             LongLlama(str(grok_path), mode="exact", n_ctx=N_CTX, verbose=False)
     assert isinstance(caught.value, UnsupportedModelError)
 
 
 def test_neither_mode_runs_the_model(tmp_path):
     """Tiny gemma2: exact mode refuses its logit soft-capping, shift mode its sliding-window layers.
-    The error names both, and nothing is left open or warned about."""
+    The error names both, sends the user to neither mode (each refused), names the way that works,
+    and warns about nothing."""
     path = write_tiny_gemma3(tmp_path / "gemma2.gguf", arch="gemma2", head_dim=32, n_embd=64, n_head=2,
                              n_head_kv=1)
     with warnings.catch_warnings():
@@ -122,6 +125,8 @@ def test_neither_mode_runs_the_model(tmp_path):
             LongLlama(str(path), n_ctx=N_CTX, verbose=False)
     message = str(caught.value)
     assert "neither mode" in message and "soft-capping" in message and "sliding-window" in message, message
+    assert not re.search(r"(?i)\b(use|pass) mode=", message), message
+    assert "Use llama_cpp.Llama for it, with n_ctx at most its trained 64 tokens" in message, message
     assert isinstance(caught.value.__cause__, ExactModeUnsupportedError)
 
 
@@ -131,4 +136,7 @@ def test_a_setting_shift_mode_cannot_use_names_both_reasons(grok_path):
     with pytest.raises(SelfExtendConfigError) as caught:
         LongLlama(str(grok_path), n_ctx=N_CTX, group_size=5, window=16, verbose=False)
     message = str(caught.value)
-    assert "Grok's output scale" in message and "group_size" in message and "window" in message, message
+    assert "Grok's output scale" in message and "does not suit shift mode" in message, message
+    assert "shift mode needs window to be a multiple of group_size" in message, message
+    assert "Exact mode cannot run this model" in message, message
+    assert isinstance(caught.value.__cause__, ExactModeUnsupportedError)
