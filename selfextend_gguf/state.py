@@ -52,10 +52,13 @@ def check(state: Any, setting: Setting) -> None:
             "older selfextend-gguf), so nothing says how its cached positions were grouped. "
             "Save it again with LongLlama.save_state().")
     if tuple(saved) != tuple(setting):
+        mode, group_size, window = saved
+        same = (f"mode={mode!r}, group_size={group_size}, window={window}" if mode != "off"
+                else "an n_ctx within the model's trained length")
         raise SelfExtendConfigError(
             f"this state was saved with self-extend {tuple(saved)} but this LongLlama uses {tuple(setting)}; "
-            "the cached positions would be wrong. Load it into a LongLlama with the same mode, group_size and "
-            "window.")
+            f"the cached positions would be wrong. Load it into a LongLlama created with {same} (a state saved "
+            "with no mode given before exact mode became the default is shift mode's).")
     try:
         actual = digest(state)
     except (AttributeError, TypeError, ValueError) as e:

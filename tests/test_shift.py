@@ -169,7 +169,7 @@ def test_state_round_trip(tiny_llama_path):
     llm.eval(toks[90:])
     assert np.array_equal(np.array(llm.scores[:100]), after)
     other = _long(tiny_llama_path, G=4, W=8, n_ctx=120)
-    with pytest.raises(ValueError, match="same mode, group_size and window"):
+    with pytest.raises(ValueError, match=f"LongLlama created with mode='shift', group_size={G}, window={W} "):
         other.load_state(state)
     llm.close()
     other.close()
