@@ -180,6 +180,18 @@ def model_devices(endpoints: Sequence[str]) -> "ctypes.Array[ctypes.c_void_p] | 
     return (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
 
 
+def has_local_gpu() -> bool:
+    """Whether ggml has a local GPU (discrete or integrated) to offload layers to; RPC servers do
+    not count. A build without the RPC backend is asked through llama.cpp, which counts every
+    device that can take layers."""
+    try:
+        ggml = _lib()
+    except RpcServerError:
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    local = [ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count())]
+    return any(ggml.ggml_backend_dev_type(d) in (_GPU, _IGPU) and not ggml.is_rpc(d) for d in local)
+
+
 def lost_servers(endpoints: Sequence[str]) -> List[str]:
     """The endpoints among ``endpoints`` whose connection has failed."""
     if not endpoints:

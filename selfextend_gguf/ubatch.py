@@ -15,6 +15,15 @@ it until the flash-attention prompt can take the ubatch: that prompt writes two 
 per query and query head of a KV head into the window, ``2 * n_gqa * n`` cells, and the
 smallest window is ``W + 1`` cells (:func:`flash_prompt_fits`). SmolLM2 (``n_gqa`` 3) and
 Gemma 3 270M (4) keep 128 at ``W = 1024``; a model with 8 query heads per KV head takes 64.
+
+Neither bound applies where the prompt's flash attention returns its log-sum-exp
+(``patches/0016``, the CPU): there the prompt is two flash attentions per layer
+(``patches/0017``), with no score matrix, no scratch cell and nothing unfused, so exact mode
+takes the stock library's 512 (:data:`FLASH_LSE_UBATCH`). On 2 CPU cores (SmolLM2, the 2048
+tokens after 12288 of a 16k context, flash attention on; docs/exact-storage.md) exact mode ran
+at 0.96x of the stock prompt with 64 or 128, 0.91x with 256 and 1.07x with 512; over whole 4k
+and 8k prompts 128 and 512 ran alike. :func:`flash_lse_expected` says when a context's caches
+are on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ EXACT_UBATCH = 128
 SCORE_BUFFER_BYTES = 128 << 20
 #: below this, a ubatch is too small for the weights' matrix products to run at speed
 MIN_UBATCH = 32
+#: exact mode's ubatch where its flash-attention prompt runs nothing unfused: the stock library's
+FLASH_LSE_UBATCH = 512
 
 
 def score_buffer_bytes(n_ctx: int, n_ubatch: int, n_head: int) -> int:
@@ -47,8 +58,25 @@ def flash_prompt_fits(n_ubatch: int, n_gqa: int, window: int) -> bool:
     return flash_prompt_scratch(n_ubatch, n_gqa) <= window + 1
 
 
+def flash_lse_expected(n_gpu_layers: int, rpc_servers: bool, local_gpu: bool) -> bool:
+    """Whether exact mode's prompt with flash attention will run on the CPU's log-sum-exp path.
+
+    llama.cpp decides it when self-extend is switched on, from the device of each layer's cache
+    (``llama_kv_cache::set_self_extend``), after ``n_ubatch`` is fixed, so it is told here from
+    what places the caches: no layer offloaded (``n_gpu_layers`` 0, or no local GPU to take
+    them) and no RPC server. A GPU, and an RPC server (which answers for whatever backend it
+    runs), return no log-sum-exp and take ``patches/0008``'s path, which the bounds are for.
+
+    Args:
+        n_gpu_layers: Layers offloaded, as ``llama_cpp.Llama`` takes it (-1: all).
+        rpc_servers: Whether RPC servers take layers.
+        local_gpu: Whether ggml has a local GPU (:func:`selfextend_gguf.rpc.has_local_gpu`).
+    """
+    return not rpc_servers and (n_gpu_layers == 0 or not local_gpu)
+
+
 def exact_ubatch(n_ctx: int, n_head: int, n_batch: int = 512, *, n_gqa: int = 0, window: int = 0,
-                 flash_attn: bool = False) -> int:
+                 flash_attn: bool = False, flash_lse: bool = False) -> int:
     """The ``n_ubatch`` exact mode uses when the caller does not set one.
 
     Args:
@@ -58,12 +86,17 @@ def exact_ubatch(n_ctx: int, n_head: int, n_batch: int = 512, *, n_gqa: int = 0,
         n_gqa: Query heads per KV head (0 when unknown: the flash-attention bound is not applied).
         window: The neighbour window ``W``.
         flash_attn: Whether flash attention is on.
+        flash_lse: Whether the flash attention returns its log-sum-exp (:func:`flash_lse_expected`).
 
     Returns:
+        With ``flash_attn`` and ``flash_lse``, :data:`FLASH_LSE_UBATCH`. Otherwise
         :data:`EXACT_UBATCH`, halved while the score matrix would exceed :data:`SCORE_BUFFER_BYTES`
         and, with flash attention on, while :func:`flash_prompt_fits` says no; never below
-        :data:`MIN_UBATCH` nor above ``n_batch``.
+        :data:`MIN_UBATCH`. Never above ``n_batch``.
     """
+    if flash_attn and flash_lse:
+        return max(1, min(FLASH_LSE_UBATCH, n_batch))
+
     def too_large(n: int) -> bool:
         if n_head > 0 and score_buffer_bytes(n_ctx, n, n_head) > SCORE_BUFFER_BYTES:
             return True

@@ -521,6 +521,26 @@ def test_flash_attention_prompt(llama_cpp, models, arch, cache, n_ubatch):
     assert e_exact <= 1.25 * e_stock
 
 
+@pytest.mark.parametrize("n_ubatch", [128, 256])
+def test_flash_attention_prompt_ubatch_larger_than_the_window(llama_cpp, models, n_ubatch):
+    """On the CPU exact mode's flash-attention prompt takes the stock library's 512 tokens per ubatch
+    (selfextend_gguf.ubatch.FLASH_LSE_UBATCH), more than a small window: ubatches of 2 and 4 windows,
+    in which keys enter the window and leave it, and are written grouped between the two flash
+    attentions, within one ubatch. Against the oracle as test_flash_attention_prompt asks."""
+    lc = llama_cpp
+    path = models["llama"]
+    g, w, n = 4, 64, 256
+    tokens = _tokens(n, seed=37)
+    ref = _oracle(path, tokens, g, w)
+    kw = dict(n_ctx=n, n_batch=n, n_ubatch=n_ubatch, type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16, flash_attn=True)
+    exact_fa = _run(lc, path, tokens, g=g, w=w, **kw)
+    stock_fa = _run(lc, path, tokens, mode=SE_NONE, **kw)
+    stock_f32 = _run(lc, path, tokens, mode=SE_NONE, n_ctx=n, n_batch=n, n_ubatch=n_ubatch)
+    e_exact, e_stock = no.rel_max_err(exact_fa, ref), no.rel_max_err(stock_fa, stock_f32)
+    print(f"\n[fa prompt] ubatch {n_ubatch}, window {w}: exact vs oracle {e_exact:.2e}; stock FA vs F32 {e_stock:.2e}")
+    assert e_exact <= 1.25 * e_stock
+
+
 def test_flash_attention_prompt_in_query_tiles(llama_cpp, models):
     """The CPU flash attention runs 64 or more queries per head in tiles of 64 (patches/0009 gives each
     thread whole tiles). A ubatch of 96 tokens gives both of exact mode's flash attentions (the window

@@ -6,7 +6,14 @@ import gguf
 import pytest
 
 from selfextend_gguf.gguf_info import read_model_info
-from selfextend_gguf.ubatch import SCORE_BUFFER_BYTES, exact_ubatch, flash_prompt_fits, score_buffer_bytes
+from selfextend_gguf.ubatch import (
+    FLASH_LSE_UBATCH,
+    SCORE_BUFFER_BYTES,
+    exact_ubatch,
+    flash_lse_expected,
+    flash_prompt_fits,
+    score_buffer_bytes,
+)
 from tiny_models import write_tiny_model
 
 
@@ -40,6 +47,34 @@ def test_exact_ubatch(n_ctx, n_head, n_batch, expected):
 ])
 def test_exact_ubatch_with_flash_attention(n_ctx, n_head, n_gqa, window, flash_attn, expected):
     assert exact_ubatch(n_ctx, n_head, 512, n_gqa=n_gqa, window=window, flash_attn=flash_attn) == expected
+
+
+@pytest.mark.parametrize("n_ctx, n_head, n_gqa, window, flash_attn, n_batch, expected", [
+    (32768, 9, 3, 2048, True, 512, 512),     # SmolLM2 at 32k: no score matrix to bound
+    (1 << 20, 32, 8, 512, True, 512, 512),   # nor scratch cells to fit in the window
+    (4096, 9, 3, 1024, True, 256, 256),      # never above n_batch
+    (4096, 9, 3, 1024, True, 2048, 512),     # the stock library's 512, as llama.cpp's default
+    (32768, 9, 3, 2048, False, 512, 64),     # flash attention off: the score matrix is there
+])
+def test_exact_ubatch_with_the_log_sum_exp(n_ctx, n_head, n_gqa, window, flash_attn, n_batch, expected):
+    assert exact_ubatch(n_ctx, n_head, n_batch, n_gqa=n_gqa, window=window, flash_attn=flash_attn,
+                        flash_lse=True) == expected
+    if flash_attn:  # and without the log-sum-exp the bounds apply
+        assert exact_ubatch(n_ctx, n_head, n_batch, n_gqa=n_gqa, window=window, flash_attn=True) < expected
+    assert FLASH_LSE_UBATCH == 512
+
+
+@pytest.mark.parametrize("n_gpu_layers, rpc_servers, local_gpu, expected", [
+    (0, False, False, True),    # the CPU
+    (0, False, True, True),     # a GPU build that offloads nothing: the caches stay on the CPU
+    (-1, False, False, True),   # all layers asked for, but no GPU to take them
+    (-1, False, True, False),   # a GPU takes the layers and their caches
+    (5, False, True, False),
+    (0, True, False, False),    # RPC servers take every layer (n_gpu_layers 0 means all of them there)
+    (-1, True, True, False),
+])
+def test_flash_lse_expected(n_gpu_layers, rpc_servers, local_gpu, expected):
+    assert flash_lse_expected(n_gpu_layers, rpc_servers, local_gpu) is expected
 
 
 def test_flash_prompt_fits_the_smallest_window():
@@ -139,20 +174,40 @@ def eight_per_kv_head(tmp_path_factory):
                             context_length=2048, seed=6)
 
 
-def test_long_llama_leaves_room_for_the_flash_attention_prompt(eight_per_kv_head):
-    kw = dict(mode="exact", n_ctx=4096, group_size=4)
+def test_long_llama_leaves_room_for_the_flash_attention_prompt(eight_per_kv_head, monkeypatch):
+    """On a GPU (simulated here: the caches' device is told from has_local_gpu() and n_gpu_layers)."""
+    import selfextend_gguf.long_llama as long_llama
+
+    monkeypatch.setattr(long_llama, "has_local_gpu", lambda: True)
+    kw = dict(mode="exact", n_ctx=4096, group_size=4, n_gpu_layers=-1)
     assert _n_ubatch(eight_per_kv_head, window=1023, flash_attn=True, **kw) == 64  # 2 x 8 x 64 = 1024 cells
     assert _n_ubatch(eight_per_kv_head, window=511, flash_attn=True, **kw) == 32
     assert _n_ubatch(eight_per_kv_head, window=1023, **kw) == 128
     assert _n_ubatch(eight_per_kv_head, window=1023, flash_attn=True, n_ubatch=128, **kw) == 128  # the caller's
 
 
+def test_long_llama_takes_the_stock_ubatch_for_the_flash_attention_prompt_on_the_cpu(eight_per_kv_head, monkeypatch):
+    """No layer offloaded, or no GPU to offload to, and no RPC server: the caches are on the CPU,
+    whose flash-attention prompt builds neither a score matrix nor scratch cells."""
+    import selfextend_gguf.long_llama as long_llama
+
+    kw = dict(mode="exact", n_ctx=4096, group_size=4, window=1023)
+    monkeypatch.setattr(long_llama, "has_local_gpu", lambda: False)
+    assert _n_ubatch(eight_per_kv_head, flash_attn=True, **kw) == 512
+    assert _n_ubatch(eight_per_kv_head, flash_attn=True, n_gpu_layers=-1, **kw) == 512  # nothing takes them
+    assert _n_ubatch(eight_per_kv_head, flash_attn=True, n_batch=256, **kw) == 256
+    assert _n_ubatch(eight_per_kv_head, **kw) == 128  # flash attention off: the score matrix
+    monkeypatch.setattr(long_llama, "has_local_gpu", lambda: True)
+    assert _n_ubatch(eight_per_kv_head, flash_attn=True, **kw) == 512  # a GPU build that offloads nothing
+
+
 def test_the_rule_is_for_devices_without_the_log_sum_exp(eight_per_kv_head):
     """The rule leaves room for patches/0008's scratch cells, which a device whose flash attention
     returns no log-sum-exp needs. The CPU's returns it (patches/0016), so on the CPU the prompt runs
     two flash attentions per self-extend layer (patches/0017) at the ubatch the rule picks and at
-    twice that, whose scratch the window could not hold: no softmax (nothing unfused) in either
-    graph, and no LOG (0008's log-sum-exp of the unfused window)."""
+    twice that, whose scratch the window could not hold, and at the stock 512 that LongLlama takes
+    there (flash_lse_expected): no softmax (nothing unfused) in any of these graphs, and no LOG
+    (0008's log-sum-exp of the unfused window)."""
     import numpy as np
 
     from graph_ops import Node, collect_ops, loaded_model
@@ -163,8 +218,14 @@ def test_the_rule_is_for_devices_without_the_log_sum_exp(eight_per_kv_head):
     n_ubatch = exact_ubatch(4096, 16, n_gqa=8, window=window, flash_attn=True)
     assert n_ubatch == 64
     toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 1280)]
+    from selfextend_gguf.rpc import has_local_gpu
+
+    if has_local_gpu():
+        pytest.skip("a local GPU: LongLlama keeps the rule's ubatch with n_gpu_layers set")
+    assert exact_ubatch(4096, 16, n_gqa=8, window=window, flash_attn=True,
+                        flash_lse=flash_lse_expected(0, False, has_local_gpu())) == FLASH_LSE_UBATCH
     with loaded_model(lc, eight_per_kv_head) as model:
-        for n in (n_ubatch, 2 * n_ubatch):
+        for n in (n_ubatch, 2 * n_ubatch, FLASH_LSE_UBATCH):
             nodes: list[Node] = []
             ops = collect_ops(lc, model, [toks], self_extend=(1, 4, window), n_ctx=2048, n_ubatch=n,
                               type_k=1, type_v=1, flash_attn=True, nodes=nodes)
