@@ -31,7 +31,7 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
   keys that every query of its tile of 64 masks (fewer queries skip each masked key), so the first
   reads the window's cells within W of its queries, the second the cells more than W before them,
   and the stock one the cells up to them: for this column both graphs are counted in the cells so
-  read, at exact mode's ubatch;
+  read, at exact mode's ubatch on the CPU with flash attention (the stock 512 by default);
 - decoding with flash attention (patches/0007): the W neighbours and the key that leaves the window
   are saved, written rotated into their own cells, read by one flash attention over the stock n_kv
   cells, and written back: no multiply-add more than stock, but ``4 (W + 1)`` rows of K moved per
@@ -39,7 +39,7 @@ window. Its extra work over the stock graph, per ubatch that has a query at posi
 
 This script counts those multiply-adds for the same workload as ``selfextend-gguf bench`` (a
 prompt that fills n_ctx less ``decode + 8`` tokens in ubatches of ``n_ubatch``, then ``decode``
-single tokens; exact mode's ubatch is LongLlama's default, ``selfextend_gguf.ubatch``), with the
+single tokens; exact mode's ubatch is LongLlama's default for each path, ``selfextend_gguf.ubatch``), with the
 model's weight matrices added, and prints stock/exact: the throughput
 ratio exact mode would reach if it ran every multiply-add at the stock graph's rate and nothing
 else cost time. It leaves out the second RoPE of the keys that leave the window (one per layer
@@ -57,7 +57,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 
 #: patches/0010 pads the block of the cells before the window to 16 cells on each side of the window's
@@ -239,21 +239,23 @@ def decode_macs_fa(s: Shape, n_past: int, n_decode: int, w: int) -> Tuple[int, i
 
 
 def table(s: Shape, lengths: Sequence[int], settings: Sequence[Tuple[int, int]], *, n_ubatch: int,
-          exact_n_ubatch: Sequence[int], decode: int) -> str:
-    """One row per length: stock's prompt in ubatches of ``n_ubatch``, exact mode's in its own."""
+          exact_n_ubatch: Sequence[int], decode: int, lse_n_ubatch: Optional[Sequence[int]] = None) -> str:
+    """One row per length: stock's prompt in ubatches of ``n_ubatch``, exact mode's in its own
+    (``lse_n_ubatch`` for the CPU's flash-attention prompt, default ``exact_n_ubatch``)."""
     rows: List[str] = ["| n_ctx | G | W | exact ubatch | prompt bound | prompt bound, FA | prompt bound, FA on the CPU "
                        "| decode bound | decode bound, FA | keys re-rotated per prompt token | per decoded token "
                        "| K rows moved per decoded token, FA |",
                        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for n_ctx, (g, w), ub in zip(lengths, settings, exact_n_ubatch):
+    for n_ctx, (g, w), ub, lse_ub in zip(lengths, settings, exact_n_ubatch, lse_n_ubatch or exact_n_ubatch):
         n_prompt = n_ctx - decode - 8
         ps = prompt_macs(s, n_prompt, n_ubatch, w)[0]
         _, pe, pr = prompt_macs(s, n_prompt, ub, w)
         ds, de, dr = decode_macs(s, n_prompt, decode, w)
         pfe = prompt_macs_fa(s, n_prompt, ub, w)[1]
-        ls, le = prompt_macs_lse(s, n_prompt, ub, w)
+        ls, le = prompt_macs_lse(s, n_prompt, lse_ub, w)
         fs, fe, fm = decode_macs_fa(s, n_prompt, decode, w)
-        rows.append(f"| {n_ctx} | {g} | {w} | {ub} | {ps / pe:.2f}x | {ps / pfe:.2f}x | {ls / le:.2f}x "
+        ub_text = f"{ub}" if lse_ub == ub else f"{ub} ({lse_ub} FA on the CPU)"
+        rows.append(f"| {n_ctx} | {g} | {w} | {ub_text} | {ps / pe:.2f}x | {ps / pfe:.2f}x | {ls / le:.2f}x "
                     f"| {ds / de:.2f}x | {fs / fe:.2f}x "
                     f"| {pr / n_prompt:.0f} | {dr / decode:.0f} | {fm / decode:.0f} |")
     return "\n".join(rows)
@@ -294,9 +296,11 @@ def main(argv=None) -> int:
     if args.exact_n_ubatch is None:
         from selfextend_gguf.ubatch import exact_ubatch
         exact_n_ubatch = [exact_ubatch(n_ctx, s.n_head) for n_ctx in args.lengths]
+        lse_n_ubatch = [exact_ubatch(n_ctx, s.n_head, flash_attn=True, flash_lse=True) for n_ctx in args.lengths]
     else:
-        exact_n_ubatch = [args.exact_n_ubatch] * len(args.lengths)
-    print(table(s, args.lengths, settings, n_ubatch=args.n_ubatch, exact_n_ubatch=exact_n_ubatch, decode=args.decode))
+        exact_n_ubatch = lse_n_ubatch = [args.exact_n_ubatch] * len(args.lengths)
+    print(table(s, args.lengths, settings, n_ubatch=args.n_ubatch, exact_n_ubatch=exact_n_ubatch, decode=args.decode,
+                lse_n_ubatch=lse_n_ubatch))
     return 0
 
 

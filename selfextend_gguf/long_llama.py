@@ -118,8 +118,9 @@ class LongLlama(RpcLlama):
             ``n_ubatch`` is 128, or smaller where the prompt's score matrix would pass 128 MiB or,
             with flash attention, where the window cannot hold the flash-attention prompt's scratch
             (:func:`selfextend_gguf.ubatch.exact_ubatch`): faster and smaller than 512 there. With
-            flash attention on the CPU (no layer offloaded, no RPC server) it is the stock 512:
-            that prompt builds neither.
+            flash attention and the caches on the CPU (no layer offloaded, no local GPU to take
+            them, or ``offload_kqv=False``; and no RPC server) it is the stock 512: that prompt
+            builds neither.
 
     The chosen setting is available as :attr:`self_extend`.
 
@@ -192,10 +193,11 @@ class LongLlama(RpcLlama):
         kwargs = dict(kwargs)
         if params.mode == "exact" and params.enabled and "n_ubatch" not in kwargs:
             n_batch = as_int(kwargs.get("n_batch", 512), "n_batch", minimum=1)
-            flash_lse = flash_lse_expected(kwargs.get("n_gpu_layers", 0), bool(rpc_servers), has_local_gpu())
+            flash_attn = bool(kwargs.get("flash_attn"))
+            flash_lse = flash_attn and flash_lse_expected(kwargs.get("n_gpu_layers", 0), bool(rpc_servers),
+                                                          has_local_gpu(), offload_kqv=kwargs.get("offload_kqv", True))
             kwargs["n_ubatch"] = exact_ubatch(params.n_ctx, info.n_head, n_batch, n_gqa=info.n_gqa,
-                                              window=params.window, flash_attn=bool(kwargs.get("flash_attn")),
-                                              flash_lse=flash_lse)
+                                              window=params.window, flash_attn=flash_attn, flash_lse=flash_lse)
         try:
             super().__init__(model_path=model_path, rpc_servers=rpc_servers, **kwargs)
             self._check_model()

@@ -173,11 +173,16 @@ def model_devices(endpoints: Sequence[str]) -> "ctypes.Array[ctypes.c_void_p] | 
         return None
     ggml = _lib()
     remote = add_servers(endpoints)
-    local = [ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count())]
-    gpus = [d for d in local if ggml.ggml_backend_dev_type(d) == _GPU and not ggml.is_rpc(d)]
-    igpus = [d for d in local if ggml.ggml_backend_dev_type(d) == _IGPU and not ggml.is_rpc(d)]
-    devices = remote + (gpus or igpus)
+    gpus = _local_gpus(ggml)
+    devices = remote + (gpus[_GPU] or gpus[_IGPU])
     return (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+
+
+def _local_gpus(ggml: _Ggml) -> Dict[int, List[int]]:
+    """ggml's local devices of each GPU type (discrete, integrated); RPC servers are not local."""
+    local = [ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count())]
+    return {kind: [d for d in local if ggml.ggml_backend_dev_type(d) == kind and not ggml.is_rpc(d)]
+            for kind in (_GPU, _IGPU)}
 
 
 def has_local_gpu() -> bool:
@@ -186,10 +191,9 @@ def has_local_gpu() -> bool:
     device that can take layers."""
     try:
         ggml = _lib()
-    except RpcServerError:
+    except (RpcServerError, OSError):  # no RPC backend to count apart, or no libggml of its own
         return bool(llama_cpp.llama_supports_gpu_offload())
-    local = [ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count())]
-    return any(ggml.ggml_backend_dev_type(d) in (_GPU, _IGPU) and not ggml.is_rpc(d) for d in local)
+    return any(_local_gpus(ggml).values())
 
 
 def lost_servers(endpoints: Sequence[str]) -> List[str]:

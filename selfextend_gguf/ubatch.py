@@ -58,21 +58,25 @@ def flash_prompt_fits(n_ubatch: int, n_gqa: int, window: int) -> bool:
     return flash_prompt_scratch(n_ubatch, n_gqa) <= window + 1
 
 
-def flash_lse_expected(n_gpu_layers: int, rpc_servers: bool, local_gpu: bool) -> bool:
+def flash_lse_expected(n_gpu_layers: int, rpc_servers: bool, local_gpu: bool, *, offload_kqv: bool = True) -> bool:
     """Whether exact mode's prompt with flash attention will run on the CPU's log-sum-exp path.
 
     llama.cpp decides it when self-extend is switched on, from the device of each layer's cache
     (``llama_kv_cache::set_self_extend``), after ``n_ubatch`` is fixed, so it is told here from
     what places the caches: no layer offloaded (``n_gpu_layers`` 0, or no local GPU to take
-    them) and no RPC server. A GPU, and an RPC server (which answers for whatever backend it
-    runs), return no log-sum-exp and take ``patches/0008``'s path, which the bounds are for.
+    them) or the caches kept on the CPU (``offload_kqv=False``), and no RPC server. A GPU, and
+    an RPC server (which answers for whatever backend it runs), return no log-sum-exp and take
+    ``patches/0008``'s path, which the bounds are for. Where the guess says no and the caches are
+    on the CPU all the same (one layer offloaded: llama.cpp offloads the output layer first), the
+    ubatch is the bounded one, slower but correct; it never says yes for caches on a GPU.
 
     Args:
         n_gpu_layers: Layers offloaded, as ``llama_cpp.Llama`` takes it (-1: all).
         rpc_servers: Whether RPC servers take layers.
         local_gpu: Whether ggml has a local GPU (:func:`selfextend_gguf.rpc.has_local_gpu`).
+        offload_kqv: ``llama_cpp.Llama``'s: False keeps every cache on the CPU.
     """
-    return not rpc_servers and (n_gpu_layers == 0 or not local_gpu)
+    return not rpc_servers and (n_gpu_layers == 0 or not local_gpu or not offload_kqv)
 
 
 def exact_ubatch(n_ctx: int, n_head: int, n_batch: int = 512, *, n_gqa: int = 0, window: int = 0,

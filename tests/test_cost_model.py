@@ -161,8 +161,9 @@ def test_cli_prints_the_table(tiny_llama_path):
                          capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 256") or line.startswith("| 128")]
     assert len(rows) == 2
-    assert "| 128 | 4 | 200 | 128 | 1.00x | 1.00x | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt: stock
-    assert rows[0].startswith("| 256 | 2 | 16 | 128 |")  # exact mode's ubatch: LongLlama's default
+    ub = "128 (512 FA on the CPU)"  # exact mode's ubatches: LongLlama's defaults, unfused and on the CPU's FA path
+    assert f"| 128 | 4 | 200 | {ub} | 1.00x | 1.00x | 1.00x | 1.00x | 1.00x | 0 | 0 |" in rows[1]  # W beyond the prompt
+    assert rows[0].startswith(f"| 256 | 2 | 16 | {ub} |")
     assert float(rows[0].split("|")[5].strip().rstrip("x")) < 1.0
     # exact mode's window part shrinks with its ubatch: (W + n) columns per query
     def bound(exact_ub: str) -> float:

@@ -526,11 +526,22 @@ def test_flash_attention_prompt_ubatch_larger_than_the_window(llama_cpp, models,
     """On the CPU exact mode's flash-attention prompt takes the stock library's 512 tokens per ubatch
     (selfextend_gguf.ubatch.FLASH_LSE_UBATCH), more than a small window: ubatches of 2 and 4 windows,
     in which keys enter the window and leave it, and are written grouped between the two flash
-    attentions, within one ubatch. Against the oracle as test_flash_attention_prompt asks."""
+    attentions, within one ubatch. The graph is the two flash attentions (no softmax); against the
+    oracle as test_flash_attention_prompt asks."""
+    from graph_ops import Node, collect_ops, loaded_model
+    from selfextend_gguf.rpc import has_local_gpu
+
     lc = llama_cpp
     path = models["llama"]
     g, w, n = 4, 64, 256
     tokens = _tokens(n, seed=37)
+    if not has_local_gpu():  # loaded_model offloads every layer to a GPU, whose prompt takes patches/0008
+        with loaded_model(lc, path) as model:
+            nodes: list[Node] = []
+            ops = collect_ops(lc, model, [tokens], self_extend=(1, g, w), n_ctx=n, n_ubatch=n_ubatch,
+                              type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16, flash_attn=True, nodes=nodes)
+        assert any(nd.name.startswith("fattn_win") for nd in nodes)
+        assert not any(k[0] == "SOFT_MAX" for k in ops)
     ref = _oracle(path, tokens, g, w)
     kw = dict(n_ctx=n, n_batch=n, n_ubatch=n_ubatch, type_k=GGML_TYPE_F16, type_v=GGML_TYPE_F16, flash_attn=True)
     exact_fa = _run(lc, path, tokens, g=g, w=w, **kw)

@@ -61,7 +61,6 @@ def test_exact_ubatch_with_the_log_sum_exp(n_ctx, n_head, n_gqa, window, flash_a
                         flash_lse=True) == expected
     if flash_attn:  # and without the log-sum-exp the bounds apply
         assert exact_ubatch(n_ctx, n_head, n_batch, n_gqa=n_gqa, window=window, flash_attn=True) < expected
-    assert FLASH_LSE_UBATCH == 512
 
 
 @pytest.mark.parametrize("n_gpu_layers, rpc_servers, local_gpu, expected", [
@@ -75,6 +74,54 @@ def test_exact_ubatch_with_the_log_sum_exp(n_ctx, n_head, n_gqa, window, flash_a
 ])
 def test_flash_lse_expected(n_gpu_layers, rpc_servers, local_gpu, expected):
     assert flash_lse_expected(n_gpu_layers, rpc_servers, local_gpu) is expected
+    # offload_kqv=False keeps every cache on the CPU, whatever takes the layers; RPC servers still refuse
+    assert flash_lse_expected(n_gpu_layers, rpc_servers, local_gpu, offload_kqv=False) is (not rpc_servers)
+
+
+class _FakeGgml:
+    """ggml's device registry with the devices ``kinds`` (enum ggml_backend_dev_type), of which ``rpc`` are RPC's."""
+
+    def __init__(self, kinds, rpc=()):
+        self.kinds, self.rpc = kinds, set(rpc)
+
+    def ggml_backend_dev_count(self):
+        return len(self.kinds)
+
+    def ggml_backend_dev_get(self, i):
+        return i
+
+    def ggml_backend_dev_type(self, d):
+        return self.kinds[d]
+
+    def is_rpc(self, d):
+        return d in self.rpc
+
+
+@pytest.mark.parametrize("kinds, rpc, expected", [
+    ([0], (), False),            # the CPU only
+    ([0, 1], (), True),          # a discrete GPU
+    ([0, 2], (), True),          # an integrated one (Apple Silicon's Metal)
+    ([0, 1], (1,), False),       # an RPC server's GPU is not local
+    ([0, 3], (), False),         # an accelerator (BLAS): takes no layers
+])
+def test_has_local_gpu(monkeypatch, kinds, rpc, expected):
+    import selfextend_gguf.rpc as rpc_module
+
+    monkeypatch.setattr(rpc_module, "_lib", lambda: _FakeGgml(kinds, rpc))
+    assert rpc_module.has_local_gpu() is expected
+
+
+def test_has_local_gpu_without_the_rpc_backend_asks_llama_cpp(monkeypatch):
+    import selfextend_gguf.rpc as rpc_module
+    from selfextend_gguf.errors import RpcServerError
+
+    def no_rpc():
+        raise RpcServerError("this build has no RPC backend")
+
+    monkeypatch.setattr(rpc_module, "_lib", no_rpc)
+    for answer in (True, False):
+        monkeypatch.setattr(rpc_module.llama_cpp, "llama_supports_gpu_offload", lambda answer=answer: answer)
+        assert rpc_module.has_local_gpu() is answer
 
 
 def test_flash_prompt_fits_the_smallest_window():
@@ -199,6 +246,8 @@ def test_long_llama_takes_the_stock_ubatch_for_the_flash_attention_prompt_on_the
     assert _n_ubatch(eight_per_kv_head, **kw) == 128  # flash attention off: the score matrix
     monkeypatch.setattr(long_llama, "has_local_gpu", lambda: True)
     assert _n_ubatch(eight_per_kv_head, flash_attn=True, **kw) == 512  # a GPU build that offloads nothing
+    assert _n_ubatch(eight_per_kv_head, flash_attn=True, n_gpu_layers=-1, offload_kqv=False, **kw) == 512
+    assert _n_ubatch(eight_per_kv_head, flash_attn=True, n_gpu_layers=-1, **kw) == 64  # the caches on the GPU
 
 
 def test_the_rule_is_for_devices_without_the_log_sum_exp(eight_per_kv_head):
@@ -220,10 +269,9 @@ def test_the_rule_is_for_devices_without_the_log_sum_exp(eight_per_kv_head):
     toks = [int(t) for t in np.random.default_rng(0).integers(3, 280, 1280)]
     from selfextend_gguf.rpc import has_local_gpu
 
-    if has_local_gpu():
-        pytest.skip("a local GPU: LongLlama keeps the rule's ubatch with n_gpu_layers set")
-    assert exact_ubatch(4096, 16, n_gqa=8, window=window, flash_attn=True,
-                        flash_lse=flash_lse_expected(0, False, has_local_gpu())) == FLASH_LSE_UBATCH
+    if has_local_gpu():  # loaded_model offloads every layer, and a GPU returns no log-sum-exp
+        pytest.skip("a local GPU takes the layers and their caches: patches/0008's path")
+    assert exact_ubatch(4096, 16, n_gqa=8, window=window, flash_attn=True, flash_lse=True) == FLASH_LSE_UBATCH
     with loaded_model(lc, eight_per_kv_head) as model:
         for n in (n_ubatch, 2 * n_ubatch, FLASH_LSE_UBATCH):
             nodes: list[Node] = []
